@@ -1,0 +1,82 @@
+"""Ollama's keep_alive values: JSON seconds, Go duration strings, negative = forever."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from corral.api.errors import BadRequestError
+
+FOREVER = math.inf
+
+_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)?")
+
+
+class DurationError(BadRequestError):
+    pass
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds for a Go ``time.ParseDuration`` string, with Go's error messages."""
+    original = text
+    if text in ("0", "+0", "-0"):
+        return 0.0
+    sign = 1.0
+    if text[:1] in "+-":
+        sign = -1.0 if text[0] == "-" else 1.0
+        text = text[1:]
+    if not text:
+        raise DurationError(f'time: invalid duration "{original}"')
+    total = 0.0
+    pos = 0
+    while pos < len(text):
+        match = _PART.match(text, pos)
+        if not match:
+            raise DurationError(f'time: invalid duration "{original}"')
+        number, unit = match.groups()
+        if unit is None:
+            raise DurationError(f'time: missing unit in duration "{original}"')
+        total += float(number) * _UNITS[unit]
+        pos = match.end()
+    return sign * total
+
+
+def parse_keep_alive(value: Any) -> float | None:
+    """Seconds to keep a model loaded; ``FOREVER`` for negative values; None when unset."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise DurationError("Unsupported type: 'bool'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = parse_go_duration(value.strip())
+    elif isinstance(value, list):
+        raise DurationError("Unsupported type: 'slice'")
+    elif isinstance(value, dict):
+        raise DurationError("Unsupported type: 'map'")
+    else:
+        raise DurationError(f"Unsupported type: '{type(value).__name__}'")
+    return FOREVER if seconds < 0 else seconds
+
+
+def parse_env_keep_alive(text: str) -> float:
+    """OLLAMA_KEEP_ALIVE: like keep_alive, but a bare integer also means seconds."""
+    text = text.strip().strip("\"'")
+    if re.fullmatch(r"[+-]?\d+", text):
+        seconds = float(int(text))
+        return FOREVER if seconds < 0 else seconds
+    parsed = parse_keep_alive(text)
+    assert parsed is not None
+    return parsed

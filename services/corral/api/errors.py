@@ -1,0 +1,124 @@
+"""Errors every service raises, and the one table that turns them into responses.
+
+    CorralError                 500  anything we did not expect to go wrong
+    ├── BadRequestError         400  the request itself is wrong
+    │   ├── InvalidNameError         400 "invalid model name" (and friends)
+    │   ├── OptionError              400 an option of the wrong type
+    │   └── CapabilityError          400 the model can't do what was asked
+    ├── NotFoundError           404  unknown model, blob or route object
+    ├── RequestCanceledError    499  the client left while the request waited
+    ├── ServerBusyError         503  a bounded queue is full (adds Retry-After)
+    ├── UpstreamError           502  a registry or worker could not be reached
+    └── UpstreamTimeoutError    504  a registry or worker did not answer in time
+
+Messages are Ollama's, byte for byte, because clients match on them. Library
+exceptions are translated where they enter (``raise ... from exc``) so that
+nothing here has to guess a status from exception text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CorralError(Exception):
+    status = 500
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class BadRequestError(CorralError):
+    status = 400
+
+
+class InvalidNameError(BadRequestError):
+    def __init__(self, message: str = "invalid model name") -> None:
+        super().__init__(message)
+
+
+class OptionError(BadRequestError):
+    pass
+
+
+class CapabilityError(BadRequestError):
+    pass
+
+
+class NotFoundError(CorralError):
+    status = 404
+
+
+class RequestCanceledError(CorralError):
+    status = 499
+
+    def __init__(self, message: str = "request canceled") -> None:
+        super().__init__(message)
+
+
+class ServerBusyError(CorralError):
+    status = 503
+
+    def __init__(
+        self,
+        message: str = "server busy, please try again.  maximum pending requests exceeded",
+        *,
+        retry_after: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class UpstreamError(CorralError):
+    status = 502
+
+
+class UpstreamTimeoutError(CorralError):
+    status = 504
+
+
+def model_not_found(model: str) -> NotFoundError:
+    """The generate/chat/show/delete flavour of "not found"."""
+    return NotFoundError(f"model '{model}' not found")
+
+
+def embed_model_not_found(model: str) -> NotFoundError:
+    """/api/embed and /api/embeddings word it differently in Ollama."""
+    return NotFoundError(f'model "{model}" not found, try pulling it first')
+
+
+# /v1 error envelope: the type follows the status, as Ollama's middleware does.
+def openai_error_type(status: int) -> str:
+    if status == 400:
+        return "invalid_request_error"
+    if status == 404:
+        return "not_found_error"
+    return "api_error"
+
+
+def ollama_error_body(message: str) -> dict[str, Any]:
+    return {"error": message}
+
+
+def openai_error_body(status: int, message: str) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": openai_error_type(status),
+            "param": None,
+            "code": None,
+        }
+    }
+
+
+def error_body(status: int, message: str, *, openai: bool) -> dict[str, Any]:
+    return openai_error_body(status, message) if openai else ollama_error_body(message)

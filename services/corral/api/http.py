@@ -1,0 +1,278 @@
+"""HTTP glue every Corral service shares: bodies, errors, streams, CORS, as Ollama does them.
+
+Errors are mapped to responses here and nowhere else: ``install_error_handlers`` turns a
+``CorralError`` into Ollama's ``{"error": ...}`` (or the OpenAI envelope under ``/v1``),
+and Starlette's own 404/405 into Ollama's plain-text bodies. Streams use
+``stream_response``: once the first chunk is out, an error becomes the stream's last
+event instead of a status code.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from corral.api.errors import BadRequestError, CorralError, error_body
+from corral.api.streams import ndjson_line
+
+logger = logging.getLogger(__name__)
+
+NDJSON = "application/x-ndjson"
+JSON_UTF8 = "application/json; charset=utf-8"
+# Bounded: nothing an API call legitimately sends as JSON comes near this.
+MAX_JSON_BODY = 64 * 1024 * 1024
+
+
+def is_openai(request_or_path: Request | str) -> bool:
+    path = request_or_path if isinstance(request_or_path, str) else request_or_path.url.path
+    return path.startswith("/v1/")
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    # Compact and UTF-8, like Go's encoder; clients compare bodies byte for byte in tests.
+    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(data, status_code=status, media_type=JSON_UTF8, headers=headers)
+
+
+def error_response(exc: CorralError, *, openai: bool) -> Response:
+    return json_response(error_body(exc.status, exc.message, openai=openai), exc.status, exc.headers())
+
+
+# -- request bodies ----------------------------------------------------------------------
+
+_GO_TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "bool", int: "number", float: "number"}
+
+
+def _go_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    for py_type, name in _GO_TYPE_NAMES.items():
+        if type(value) is py_type:
+            return name
+    return "value"
+
+
+async def read_json(request: Request, *, struct: str = "Request") -> dict[str, Any]:
+    """The request's JSON object, with Ollama's messages for empty and malformed bodies."""
+    body = await request.body()
+    if len(body) > MAX_JSON_BODY:
+        raise BadRequestError("http: request body too large")
+    if not body.strip():
+        raise BadRequestError("missing request body")
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(exc.doc.rstrip()):
+            raise BadRequestError("unexpected EOF") from exc
+        char = exc.doc[exc.pos]
+        raise BadRequestError(f"invalid character {char!r} looking for beginning of value") from exc
+    except UnicodeDecodeError as exc:
+        raise BadRequestError("invalid character in request body") from exc
+    if not isinstance(value, dict):
+        raise BadRequestError(f"json: cannot unmarshal {_go_kind(value)} into Go value of type api.{struct}")
+    return value
+
+
+def check_fields(body: dict[str, Any], fields: dict[str, type | tuple[type, ...]], *, struct: str) -> None:
+    """Go's decoder rejects a field of the wrong JSON type; so do we, with its message."""
+    for name, expected in fields.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        types = expected if isinstance(expected, tuple) else (expected,)
+        ok = any(
+            (isinstance(value, t) and not (t in (int, float) and isinstance(value, bool)))
+            or (t is float and isinstance(value, int) and not isinstance(value, bool))
+            for t in types
+        )
+        if not ok:
+            go_type = {str: "string", bool: "bool", int: "int", float: "float64", list: "[]", dict: "map"}.get(
+                types[0], "value"
+            )
+            raise BadRequestError(
+                f"json: cannot unmarshal {_go_kind(value)} into Go struct field {struct}.{name} of type {go_type}"
+            )
+
+
+# -- streaming ---------------------------------------------------------------------------
+
+
+async def prime(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """Run a stream up to its first chunk now, so errors before it become plain HTTP errors."""
+    try:
+        first = await chunks.__anext__()
+    except StopAsyncIteration:
+        return _empty()
+
+    async def rest() -> AsyncIterator[Any]:
+        yield first
+        async for chunk in chunks:
+            yield chunk
+
+    return _closing(rest(), chunks)
+
+
+async def _empty() -> AsyncIterator[Any]:
+    return
+    yield  # pragma: no cover
+
+
+async def _closing(outer: AsyncIterator[Any], inner: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    # Closing the outer stream (client gone) must close the inner one too, so its
+    # cleanup (cancelling generation, releasing the slot) runs at once.
+    try:
+        async for item in outer:
+            yield item
+    finally:
+        aclose = getattr(inner, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def ndjson_stream(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    """NDJSON response; an error after the first line is the last line."""
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield ndjson_line(chunk)
+        except CorralError as exc:
+            yield ndjson_line({"error": exc.message})
+        except Exception as exc:  # the stream has started: a status code is no longer possible
+            logger.exception("stream failed")
+            yield ndjson_line({"error": str(exc) or type(exc).__name__})
+
+    return StreamingResponse(body(), media_type=NDJSON)
+
+
+def sse_stream(events: AsyncIterator[bytes], on_error: Callable[[str], bytes]) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for event in events:
+                yield event
+        except CorralError as exc:
+            yield on_error(exc.message)
+        except Exception as exc:
+            logger.exception("stream failed")
+            yield on_error(str(exc) or type(exc).__name__)
+
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(CorralError)
+    async def corral_error(request: Request, exc: CorralError) -> Response:
+        if exc.status >= 500:
+            logger.warning("%s %s: %s", request.method, request.url.path, exc.message)
+        return error_response(exc, openai=is_openai(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return PlainTextResponse("404 page not found", status_code=404)
+        if exc.status_code == 405:
+            return PlainTextResponse("405 method not allowed", status_code=405)
+        return PlainTextResponse(str(exc.detail), status_code=exc.status_code)
+
+
+# -- CORS and the Host check (Ollama's DNS-rebinding guard) ---------------------------------
+
+_DEFAULT_ORIGINS = [
+    f"{scheme}://{host}{port}"
+    for scheme in ("http", "https")
+    for host in ("localhost", "127.0.0.1", "0.0.0.0")
+    for port in ("", ":*")
+] + ["app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*"]
+_ALLOW_HEADERS = (
+    "Authorization, Content-Type, User-Agent, Accept, X-Requested-With, OpenAI-Beta, "
+    "x-stainless-arch, x-stainless-async, x-stainless-custom-poll-interval, x-stainless-helper-method, "
+    "x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-poll-helper, "
+    "x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout"
+)
+_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+
+
+class OllamaAccessMiddleware:
+    """Ollama's origin allow-list (403 otherwise) and, when bound to loopback, its Host check."""
+
+    def __init__(self, app: ASGIApp, *, origins: str, loopback_only: bool) -> None:
+        self.app = app
+        extra = [o.strip() for o in origins.split(",") if o.strip()]
+        self.allow_all = "*" in extra
+        self.patterns = extra + _DEFAULT_ORIGINS
+        self.loopback_only = loopback_only
+        self.hostname = socket.gethostname().lower()
+
+    def _origin_allowed(self, origin: str) -> bool:
+        return self.allow_all or any(fnmatch.fnmatchcase(origin, p) for p in self.patterns)
+
+    def _host_allowed(self, host: str) -> bool:
+        if not host:
+            return True
+        name = host
+        if name.startswith("["):
+            name = name[1 : name.find("]")] if "]" in name else name
+        elif name.count(":") == 1:
+            name = name.rsplit(":", 1)[0]
+        name = name.lower()
+        if name in ("localhost", self.hostname) or name.endswith((".localhost", ".local", ".internal")):
+            return True
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return ip.is_loopback or ip.is_private or ip.is_unspecified or ip.is_link_local
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        if self.loopback_only and not self._host_allowed(host):
+            await Response(status_code=403)(scope, receive, send)
+            return
+        origin = headers.get("origin")
+        same_origin = origin in (f"http://{host}", f"https://{host}")
+        if origin is None or same_origin:
+            await self.app(scope, receive, send)
+            return
+        if not self._origin_allowed(origin):
+            await Response(status_code=403)(scope, receive, send)
+            return
+        allow_origin = "*" if self.allow_all else origin
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+            await Response(
+                status_code=204,
+                headers={
+                    "Access-Control-Allow-Origin": allow_origin,
+                    "Access-Control-Allow-Methods": _ALLOW_METHODS,
+                    "Access-Control-Allow-Headers": _ALLOW_HEADERS,
+                    "Access-Control-Max-Age": "43200",
+                    "Vary": "Origin",
+                },
+            )(scope, receive, send)
+            return
+
+        async def send_with_cors(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                extra = [(b"access-control-allow-origin", allow_origin.encode()), (b"vary", b"Origin")]
+                message = {**message, "headers": list(message.get("headers", [])) + extra}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)

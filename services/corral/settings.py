@@ -1,0 +1,130 @@
+"""Configuration shared by every service: reading Ollama-style environment values.
+
+Each service has exactly one settings object (``corral.worker.settings.WorkerSettings``,
+later the router's); this module holds only the pieces they share. Unlike Ollama, a
+value that does not parse stops start-up and names the variable instead of silently
+falling back to a default.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from corral.api.durations import DurationError, parse_env_keep_alive
+
+DEFAULT_PORT = 11434
+
+
+@dataclass(frozen=True)
+class HostPort:
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_ollama_host(value: str) -> HostPort:
+    """OLLAMA_HOST as Ollama reads it: ``[scheme://]host[:port]``, default 127.0.0.1:11434.
+
+    A scheme without a port means 80 or 443; no scheme and no port means 11434.
+    """
+    value = value.strip().strip("\"'")
+    if not value:
+        return HostPort("http", "127.0.0.1", DEFAULT_PORT)
+    has_scheme = "://" in value
+    parts = urlsplit(value if has_scheme else f"http://{value}")
+    scheme = parts.scheme or "http"
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"invalid port in {value!r}") from exc
+    if port is None:
+        port = (443 if scheme == "https" else 80) if has_scheme else DEFAULT_PORT
+    # An empty host (":11434") means every interface, as in Ollama.
+    return HostPort(scheme, host or "0.0.0.0", port)
+
+
+def _clean(value: Any) -> Any:
+    # Ollama trims spaces and quotes from every variable.
+    if isinstance(value, str):
+        return value.strip().strip("\"'")
+    return value
+
+
+class CommonSettings(BaseSettings):
+    """Variables every Corral service reads, with Ollama's names and defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=True, extra="ignore")
+
+    OLLAMA_HOST: str = "127.0.0.1:11434"
+    OLLAMA_ORIGINS: str = ""
+    OLLAMA_KEEP_ALIVE: str = "5m"
+    OLLAMA_DEBUG: str = ""
+    CORRAL_LOG_FORMAT: str = "text"
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        return _clean(value)
+
+    @field_validator("OLLAMA_HOST")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        parse_ollama_host(value)
+        return value
+
+    @field_validator("OLLAMA_KEEP_ALIVE")
+    @classmethod
+    def _check_keep_alive(cls, value: str) -> str:
+        try:
+            parse_env_keep_alive(value)
+        except DurationError as exc:
+            raise ValueError(exc.message) from exc
+        return value
+
+    @field_validator("CORRAL_LOG_FORMAT")
+    @classmethod
+    def _check_log_format(cls, value: str) -> str:
+        if value not in ("text", "json"):
+            raise ValueError("must be 'text' or 'json'")
+        return value
+
+    @property
+    def listen(self) -> HostPort:
+        return parse_ollama_host(self.OLLAMA_HOST)
+
+    @property
+    def keep_alive_seconds(self) -> float:
+        return parse_env_keep_alive(self.OLLAMA_KEEP_ALIVE)
+
+    @property
+    def log_level(self) -> int:
+        # OLLAMA_DEBUG: 1 debug, 2 trace (we have no trace level; debug covers it).
+        return logging.DEBUG if self.OLLAMA_DEBUG not in ("", "0", "false") else logging.INFO
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration for the start-up log line, secrets hidden."""
+        shown = {}
+        for key, value in self.model_dump().items():
+            secret = any(word in key for word in ("PASSWORD", "TOKEN", "SECRET"))
+            if "URL" in key and isinstance(value, str) and "@" in value:
+                secret = True
+            shown[key] = "***" if secret and value else value
+        return shown
+
+
+def default_models_dir() -> Path:
+    return Path(os.path.expanduser("~/.ollama/models"))

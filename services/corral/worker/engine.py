@@ -1,0 +1,566 @@
+"""Inference on one loaded model: one llama.cpp context, several sequences, one decode loop.
+
+Every loaded model gets one ``Engine``. It owns a single llama.cpp context whose KV cache
+holds ``n_parallel`` sequences, and a thread that runs the decode loop: each step takes one
+token from every sequence that is generating plus a chunk of prompt from sequences still
+reading theirs (so a long prompt never stalls running streams for long), runs one
+``llama_decode``, samples each sequence with its own llama.cpp sampler chain, and hands
+each token to its job through the job's ``emit`` callback.
+
+The weights are loaded once (``LlamaModel``) however many sequences run. Sampling, grammar
+included, happens inside llama.cpp: the per-token Python work is a few ctypes calls.
+This module knows nothing about HTTP; ``corral.worker.inference`` turns its events into
+Ollama responses.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llama_cpp as lc
+
+logger = logging.getLogger(__name__)
+
+_llama_logger = logging.getLogger("corral.llama_cpp")
+_GGML_LOG_ERROR = 4  # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 cont
+
+
+@lc.llama_log_callback
+def _forward_llama_log(level: int, text: bytes, _user: object) -> None:
+    # llama.cpp prints hundreds of lines per load; keep them at debug unless they are errors.
+    message = text.decode("utf-8", errors="replace").rstrip()
+    if message:
+        _llama_logger.log(logging.ERROR if level == _GGML_LOG_ERROR else logging.DEBUG, "%s", message)
+
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    # llama_backend_init and the log hook are process-wide: set them up once, before any load.
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            lc.llama_log_set(_forward_llama_log, None)
+            lc.llama_backend_init()
+            _backend_ready = True
+
+
+class EngineError(RuntimeError):
+    """llama.cpp refused to load or decode."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Everything that fixes a llama.cpp context; a change means a reload."""
+
+    num_ctx: int = 4096
+    num_batch: int = 512
+    num_gpu: int = -1
+    use_mmap: bool | None = None
+    num_thread: int = 0
+    n_parallel: int = 1
+    flash_attention: bool = False
+    kv_cache_type: str = "f16"
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_last_n: int = 64
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1
+    grammar: str | None = None
+
+
+# Events a job receives, in order: any number of Token, then exactly one Done or Failed.
+@dataclass
+class Token:
+    id: int
+    piece: bytes
+
+
+@dataclass
+class Done:
+    reason: str  # "stop" | "length" | "cancel"
+    prompt_tokens: int
+    prompt_seconds: float
+    generated_tokens: int
+    generate_seconds: float
+    tokens: list[int]  # the whole sequence: Ollama's deprecated ``context``
+
+
+@dataclass
+class Failed:
+    message: str
+
+
+Event = Token | Done | Failed
+
+
+@dataclass
+class GenerateJob:
+    prompt: list[int]
+    sampling: Sampling
+    emit: Callable[[Event], None]
+    num_predict: int = -1
+    num_keep: int = 4
+    shift: bool = True
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class EmbedJob:
+    inputs: list[list[int]]
+    done: Callable[[list[list[float]] | Exception], None]
+
+
+class LlamaModel:
+    """The weights and vocabulary of one GGUF, shared by every context using them."""
+
+    def __init__(self, path: Path, options: LoadOptions) -> None:
+        _init_backend()
+        params = lc.llama_model_default_params()
+        params.n_gpu_layers = 999 if options.num_gpu < 0 else options.num_gpu
+        if options.use_mmap is not None:
+            params.use_mmap = options.use_mmap
+        model = lc.llama_model_load_from_file(str(path).encode(), params)
+        if not model:
+            raise EngineError(f"unable to load model: {path}")
+        self.ptr = model
+        self.vocab = lc.llama_model_get_vocab(model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self.n_embd = lc.llama_model_n_embd(model)
+        self.n_ctx_train = lc.llama_model_n_ctx_train(model)
+        self.size = lc.llama_model_size(model)
+        self._pieces: dict[int, bytes] = {}
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (lc.llama_token * capacity)()
+        n = lc.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+        if n < 0:
+            capacity = -n
+            buf = (lc.llama_token * capacity)()
+            n = lc.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        # Bounded by the vocabulary size; saves a ctypes round trip per generated token.
+        cached = self._pieces.get(token)
+        if cached is None:
+            buf = ctypes.create_string_buffer(64)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = lc.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+            cached = buf.raw[:n]
+            self._pieces[token] = cached
+        return cached
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self.vocab, token))
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, 4096)
+        return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
+
+    def close(self) -> None:
+        if self.ptr:
+            lc.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+_KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
+
+
+def _context_params(options: LoadOptions, *, n_ctx: int, n_seq: int, threads: int, embeddings: bool):
+    params = lc.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = max(options.num_batch, 1) if not embeddings else n_ctx
+    params.n_ubatch = params.n_batch if embeddings else min(params.n_batch, 512)
+    params.n_seq_max = n_seq
+    params.n_threads = threads
+    params.n_threads_batch = threads
+    params.embeddings = embeddings
+    params.no_perf = True
+    # One KV pool shared by all sequences: measured ~35% faster than per-sequence streams at
+    # 4-8 streams on CPU. Each sequence is still held to num_ctx positions by the engine.
+    params.kv_unified = True
+    params.flash_attn_type = 1 if options.flash_attention else 0
+    kv = _KV_TYPES.get(options.kv_cache_type, 1)
+    params.type_k = kv
+    params.type_v = kv
+    return params
+
+
+class _Slot:
+    """One sequence of the context: the job on it and the tokens its KV cells hold."""
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.job: GenerateJob | None = None
+        self.cached: list[int] = []  # tokens in the KV cache, kept after a job for prefix reuse
+        self.pending: list[int] = []  # prompt tokens not yet decoded
+        self.sampler = None
+        self.n_past = 0
+        self.last: int | None = None
+        self.generated = 0
+        self.prompt_tokens = 0
+        self.started = 0.0
+        self.prompt_done_at = 0.0
+
+
+class Engine:
+    def __init__(self, model: LlamaModel, options: LoadOptions, *, threads: int) -> None:
+        self.model = model
+        self.options = options
+        self.threads = threads
+        self.n_parallel = max(1, options.n_parallel)
+        self.n_ctx = max(4, options.num_ctx)
+        params = _context_params(
+            options, n_ctx=self.n_ctx * self.n_parallel, n_seq=self.n_parallel, threads=threads, embeddings=False
+        )
+        ctx = lc.llama_init_from_model(model.ptr, params)
+        if not ctx:
+            raise EngineError("failed to create llama.cpp context")
+        self.ctx = ctx
+        self.mem = lc.llama_get_memory(ctx)
+        self.n_batch = params.n_batch
+        self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        self._embed_ctx = None
+        self._slots = [_Slot(i) for i in range(self.n_parallel)]
+        # Unbounded on purpose: the scheduler admits at most n_parallel generate jobs.
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="corral-engine", daemon=True)
+        self._thread.start()
+
+    # -- public, thread-safe ------------------------------------------------------------
+
+    def submit(self, job: GenerateJob | EmbedJob) -> None:
+        if self._closed.is_set():
+            raise EngineError("model is unloading")
+        self._inbox.put(job)
+
+    def close(self) -> None:
+        """Stop the loop (jobs in flight get Failed), then free llama.cpp memory."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._inbox.put(None)
+        self._thread.join()
+        for slot in self._slots:
+            self._free_sampler(slot)
+        lc.llama_batch_free(self.batch)
+        lc.llama_free(self.ctx)
+        if self._embed_ctx:
+            lc.llama_free(self._embed_ctx)
+        self.model.close()
+
+    # -- the decode loop (engine thread only) -------------------------------------------------
+
+    def _run(self) -> None:
+        waiting: list[GenerateJob] = []
+        try:
+            while True:
+                busy = bool(waiting) or any(s.job for s in self._slots)
+                if not self._drain_inbox(waiting, block=not busy):
+                    break
+                waiting = self._assign(waiting)
+                self._step()
+        except Exception as exc:  # a bug here must not leave requests hanging
+            logger.exception("decode loop crashed")
+            self._fail_all(waiting, f"engine failure: {exc}")
+            return
+        self._fail_all(waiting, "model unloaded")
+
+    def _drain_inbox(self, waiting: list[GenerateJob], *, block: bool) -> bool:
+        """Take every submitted job; wait for one only when idle. False means: stop."""
+        try:
+            item = self._inbox.get(block=block)
+            while True:
+                if item is None:
+                    return False
+                if isinstance(item, EmbedJob):
+                    self._embed(item)
+                else:
+                    waiting.append(item)
+                item = self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+
+    def _fail_all(self, waiting: list[GenerateJob], message: str) -> None:
+        for job in waiting:
+            job.emit(Failed(message))
+        for slot in self._slots:
+            if slot.job:
+                slot.job.emit(Failed(message))
+                slot.job = None
+        self._closed.set()
+
+    def _assign(self, waiting: list[GenerateJob]) -> list[GenerateJob]:
+        """Put waiting jobs on free slots, preferring the slot whose cache shares the longest prefix."""
+        left = []
+        for job in waiting:
+            if job.cancelled.is_set():
+                job.emit(Done("cancel", 0, 0.0, 0, 0.0, []))
+                continue
+            free = [s for s in self._slots if s.job is None]
+            if not free:
+                left.append(job)
+                continue
+            slot = max(free, key=lambda s: _common_prefix(s.cached, job.prompt))
+            try:
+                self._start(slot, job)
+            except Exception as exc:
+                job.emit(Failed(str(exc)))
+        return left
+
+    def _start(self, slot: _Slot, job: GenerateJob) -> None:
+        prompt = self._fit_prompt(job)
+        # Reuse the cached prefix, but always decode at least one token to get logits.
+        keep = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
+        lc.llama_memory_seq_rm(self.mem, slot.seq, keep, -1)
+        slot.cached = prompt[:keep]
+        slot.pending = prompt[keep:]
+        slot.n_past = keep
+        slot.job = job
+        slot.sampler = self._make_sampler(job.sampling)
+        # Penalties look at recent history, so feed them the prompt as llama-server does;
+        # not when a grammar is in the chain, since it must only see generated text.
+        if job.sampling.grammar is None and job.sampling.repeat_last_n:
+            for tok in prompt[-job.sampling.repeat_last_n :]:
+                lc.llama_sampler_accept(slot.sampler, tok)
+        slot.last = None
+        slot.generated = 0
+        slot.prompt_tokens = len(prompt)
+        slot.started = time.perf_counter()
+        slot.prompt_done_at = 0.0
+
+    def _fit_prompt(self, job: GenerateJob) -> list[int]:
+        """Ollama's truncation: keep num_keep tokens, then as much of the end as fits."""
+        prompt = job.prompt or [lc.llama_vocab_bos(self.model.vocab)]
+        room = self.n_ctx - 1
+        if len(prompt) <= room:
+            return prompt
+        keep = min(max(job.num_keep, 0), room // 2)
+        return prompt[:keep] + prompt[len(prompt) - (room - keep) :]
+
+    def _make_sampler(self, s: Sampling):
+        params = lc.llama_sampler_chain_default_params()
+        params.no_perf = True
+        chain = lc.llama_sampler_chain_init(params)
+        add = lambda smpl: lc.llama_sampler_chain_add(chain, smpl)  # noqa: E731
+        if s.grammar:
+            grammar = lc.llama_sampler_init_grammar(self.model.vocab, s.grammar.encode(), b"root")
+            if not grammar:
+                lc.llama_sampler_free(chain)
+                raise EngineError("invalid grammar")
+            add(grammar)
+        if s.repeat_last_n != 0 and (
+            s.repeat_penalty != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0
+        ):
+            last_n = self.n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
+            add(lc.llama_sampler_init_penalties(last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty))
+        if s.temperature <= 0:
+            add(lc.llama_sampler_init_greedy())
+            return chain
+        if s.top_k > 0:
+            add(lc.llama_sampler_init_top_k(s.top_k))
+        if 0 < s.typical_p < 1.0:
+            add(lc.llama_sampler_init_typical(s.typical_p, 1))
+        if 0 < s.top_p < 1.0:
+            add(lc.llama_sampler_init_top_p(s.top_p, 1))
+        if s.min_p > 0:
+            add(lc.llama_sampler_init_min_p(s.min_p, 1))
+        add(lc.llama_sampler_init_temp(s.temperature))
+        seed = lc.LLAMA_DEFAULT_SEED if s.seed < 0 else s.seed & 0xFFFFFFFF
+        add(lc.llama_sampler_init_dist(seed))
+        return chain
+
+    def _free_sampler(self, slot: _Slot) -> None:
+        if slot.sampler is not None:
+            lc.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+
+    def _finish(self, slot: _Slot, event: Event) -> None:
+        job = slot.job
+        slot.job = None
+        self._free_sampler(slot)
+        if isinstance(event, Failed) or (isinstance(event, Done) and event.reason == "cancel"):
+            # Nothing worth keeping: free the cells at once.
+            lc.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+            slot.cached = []
+        assert job is not None
+        job.emit(event)
+
+    def _done_event(self, slot: _Slot, reason: str, *, last: int | None = None) -> Done:
+        now = time.perf_counter()
+        prompt_end = slot.prompt_done_at or now
+        return Done(
+            reason=reason,
+            prompt_tokens=slot.prompt_tokens,
+            prompt_seconds=prompt_end - slot.started,
+            generated_tokens=slot.generated,
+            generate_seconds=now - prompt_end,
+            tokens=slot.cached + ([last] if last is not None else []),
+        )
+
+    def _shift(self, slot: _Slot) -> bool:
+        """Ollama's context shift: drop half of what follows num_keep to make room."""
+        job = slot.job
+        assert job is not None
+        if not job.shift:
+            return False
+        keep = min(max(job.num_keep, 0), slot.n_past // 2)
+        discard = (slot.n_past - keep) // 2
+        if discard <= 0:
+            return False
+        lc.llama_memory_seq_rm(self.mem, slot.seq, keep, keep + discard)
+        lc.llama_memory_seq_add(self.mem, slot.seq, keep + discard, slot.n_past, -discard)
+        slot.cached = slot.cached[:keep] + slot.cached[keep + discard :]
+        slot.n_past -= discard
+        return True
+
+    def _step(self) -> None:
+        batch = self.batch
+        n = 0
+        sample_at: list[tuple[_Slot, int]] = []
+        for slot in self._slots:
+            job = slot.job
+            if job is None:
+                continue
+            if job.cancelled.is_set():
+                self._finish(slot, self._done_event(slot, "cancel"))
+                continue
+            if slot.last is not None:
+                if slot.n_past >= self.n_ctx and not self._shift(slot):
+                    self._finish(slot, self._done_event(slot, "length"))
+                    continue
+                _put(batch, n, slot.last, slot.n_past, slot.seq, True)
+                slot.cached.append(slot.last)
+                slot.n_past += 1
+                sample_at.append((slot, n))
+                n += 1
+        # Prompt chunks fill whatever room the generating sequences left in this step.
+        for slot in self._slots:
+            if slot.job is None or not slot.pending:
+                continue
+            room = self.n_batch - n
+            if room <= 0:
+                break
+            chunk = slot.pending[:room]
+            slot.pending = slot.pending[room:]
+            for i, tok in enumerate(chunk):
+                last = not slot.pending and i == len(chunk) - 1
+                _put(batch, n, tok, slot.n_past, slot.seq, last)
+                slot.n_past += 1
+                if last:
+                    sample_at.append((slot, n))
+                n += 1
+            slot.cached.extend(chunk)
+        if n == 0:
+            return
+        batch.n_tokens = n
+        rc = lc.llama_decode(self.ctx, batch)
+        if rc != 0:
+            for slot, _ in sample_at:
+                self._finish(slot, Failed(f"llama_decode failed ({rc})"))
+            return
+        for slot, index in sample_at:
+            job = slot.job
+            if job is None:
+                continue
+            if not slot.prompt_done_at:
+                slot.prompt_done_at = time.perf_counter()
+            token = lc.llama_sampler_sample(slot.sampler, self.ctx, index)
+            if self.model.is_eog(token):
+                self._finish(slot, self._done_event(slot, "stop"))
+                continue
+            slot.generated += 1
+            slot.last = token
+            job.emit(Token(token, self.model.piece(token)))
+            if 0 <= job.num_predict <= slot.generated:
+                # The last token was sampled but never decoded: not in the KV cache.
+                slot.last = None
+                self._finish(slot, self._done_event(slot, "length", last=token))
+
+    # -- embeddings ---------------------------------------------------------------------
+
+    def _embed(self, job: EmbedJob) -> None:
+        try:
+            job.done(self._embed_inputs(job.inputs))
+        except Exception as exc:
+            job.done(exc)
+
+    def _embed_inputs(self, inputs: list[list[int]]) -> list[list[float]]:
+        if self._embed_ctx is None:
+            params = _context_params(self.options, n_ctx=self.n_ctx, n_seq=1, threads=self.threads, embeddings=True)
+            ctx = lc.llama_init_from_model(self.model.ptr, params)
+            if ctx and lc.llama_pooling_type(ctx) == lc.LLAMA_POOLING_TYPE_NONE:
+                # A generative model has no pooling of its own: average its token states.
+                lc.llama_free(ctx)
+                params.pooling_type = lc.LLAMA_POOLING_TYPE_MEAN
+                ctx = lc.llama_init_from_model(self.model.ptr, params)
+            if not ctx:
+                raise EngineError("failed to create embedding context")
+            self._embed_ctx = ctx
+            self._embed_batch_size = params.n_batch
+        ctx = self._embed_ctx
+        mem = lc.llama_get_memory(ctx)
+        batch = lc.llama_batch_init(self._embed_batch_size, 0, 1)
+        try:
+            out = []
+            for tokens in inputs:
+                tokens = tokens[: self._embed_batch_size] or [lc.llama_vocab_bos(self.model.vocab)]
+                lc.llama_memory_clear(mem, True)
+                for i, tok in enumerate(tokens):
+                    _put(batch, i, tok, i, 0, True)
+                batch.n_tokens = len(tokens)
+                rc = lc.llama_decode(ctx, batch)
+                if rc != 0:
+                    raise EngineError(f"llama_decode failed ({rc})")
+                ptr = lc.llama_get_embeddings_seq(ctx, 0)
+                out.append(ptr[: self.model.n_embd])
+            return out
+        finally:
+            lc.llama_batch_free(batch)
+
+
+def _put(batch, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+    batch.token[i] = token
+    batch.pos[i] = pos
+    batch.n_seq_id[i] = 1
+    batch.seq_id[i][0] = seq
+    batch.logits[i] = logits
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

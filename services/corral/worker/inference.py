@@ -1,0 +1,529 @@
+"""Ollama's inference endpoints on one worker: generate, chat, embed, embeddings.
+
+Each call checks the request, resolves the model in the store, gets a slot from the
+scheduler (loading the model if needed), renders the prompt, runs the engine and yields
+Ollama's native response chunks. Everything that can fail before the first chunk fails
+before it, so the route can still answer with a status code. The OpenAI endpoints reuse
+these through ``corral.api.openai``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import math
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from corral.api.durations import parse_keep_alive
+from corral.api.errors import (
+    BadRequestError,
+    CapabilityError,
+    CorralError,
+    InvalidNameError,
+    NotFoundError,
+    embed_model_not_found,
+    model_not_found,
+)
+from corral.api.options import OPTIONS, RUNNER_OPTIONS, validate_options
+from corral.api.streams import iso_now
+from corral.store.names import is_valid_name
+from corral.worker import engine as eng
+from corral.worker.grammar import format_grammar
+from corral.worker.metrics import WorkerMetrics
+from corral.worker.prompt import ChatTemplate, looks_like_tool_call, parse_tool_calls
+from corral.worker.scheduler import Lease, Scheduler
+from corral.worker.settings import WorkerSettings
+from corral.worker.textstream import TextStream
+
+_THINK_LEVELS = ("high", "medium", "low", "max")
+_TEMPLATE_CACHE_SIZE = 64  # one entry per distinct template text; models are few
+
+
+@dataclass
+class Model:
+    """A resolved model: its store record plus what we derived from it."""
+
+    record: Any
+    template: ChatTemplate
+    capabilities: list[str]
+
+
+class Inference:
+    def __init__(self, *, store: Any, scheduler: Scheduler, settings: WorkerSettings, metrics: WorkerMetrics,
+                 describe: Any) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.settings = settings
+        self.metrics = metrics
+        # describe(record) -> (ChatTemplate, capabilities); shared with /api/show and /api/tags.
+        self._describe = describe
+
+    # -- resolution and checks ---------------------------------------------------------
+
+    async def resolve(self, name: Any, *, embed: bool = False, required_message: str | None = None) -> Model:
+        if not isinstance(name, str) or not name:
+            if required_message:
+                raise BadRequestError(required_message)
+            raise (embed_model_not_found("") if embed else model_not_found(name or ""))
+        if not is_valid_name(name):
+            raise InvalidNameError()
+        try:
+            record = await self.store.get(name)
+        except NotFoundError:
+            raise (embed_model_not_found(name) if embed else model_not_found(name)) from None
+        if record.model_path is None:
+            raise BadRequestError(f"model '{name}' has no weights to run")
+        template, caps = self._describe(record)
+        return Model(record, template, caps)
+
+    def _options(self, model: Model, request_options: Any) -> dict[str, Any]:
+        merged = {k: v for k, v in model.record.params.items() if k in OPTIONS}
+        merged.update(validate_options(request_options))
+        return merged
+
+    def _load_options(self, options: dict[str, Any], *, embedding: bool = False) -> eng.LoadOptions:
+        s = self.settings
+        return eng.LoadOptions(
+            num_ctx=max(4, int(options.get("num_ctx") or s.default_num_ctx)),
+            num_batch=int(options.get("num_batch") or 512),
+            num_gpu=int(options.get("num_gpu", -1)),
+            use_mmap=options.get("use_mmap"),
+            num_thread=int(options.get("num_thread") or 0),
+            # Embedding models always run one sequence, as in Ollama.
+            n_parallel=1 if embedding else s.OLLAMA_NUM_PARALLEL,
+            flash_attention=s.OLLAMA_FLASH_ATTENTION,
+            kv_cache_type=s.OLLAMA_KV_CACHE_TYPE,
+        )
+
+    @staticmethod
+    def _sampling(options: dict[str, Any], grammar: str | None) -> eng.Sampling:
+        d = {k: o.default for k, o in OPTIONS.items() if k not in RUNNER_OPTIONS}
+        d.update(options)
+        return eng.Sampling(
+            temperature=float(d["temperature"]),
+            top_k=int(d["top_k"]),
+            top_p=float(d["top_p"]),
+            min_p=float(d["min_p"]),
+            typical_p=float(d["typical_p"]),
+            repeat_last_n=int(d["repeat_last_n"]),
+            repeat_penalty=float(d["repeat_penalty"]),
+            presence_penalty=float(d["presence_penalty"]),
+            frequency_penalty=float(d["frequency_penalty"]),
+            seed=int(d["seed"]),
+            grammar=grammar,
+        )
+
+    @staticmethod
+    def _think(value: Any) -> bool | None:
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value in _THINK_LEVELS:
+            return True
+        shown = f'"{value}"' if isinstance(value, str) else str(value)
+        raise BadRequestError(f'invalid think value: {shown} (must be "high", "medium", "low", "max", true, or false)')
+
+    @staticmethod
+    def _check_logprobs(body: dict[str, Any]) -> None:
+        top = body.get("top_logprobs")
+        if top is not None and (not isinstance(top, int) or not 0 <= top <= 20):
+            raise BadRequestError("top_logprobs must be between 0 and 20")
+
+    @staticmethod
+    def _check_images(images: Any) -> list[bytes]:
+        if images is None:
+            return []
+        if not isinstance(images, list):
+            raise BadRequestError("images must be a list of base64 strings")
+        decoded = []
+        for image in images:
+            if not isinstance(image, str):
+                raise BadRequestError("images must be a list of base64 strings")
+            try:
+                decoded.append(base64.b64decode(image, validate=True))
+            except (binascii.Error, ValueError):
+                raise BadRequestError("illegal base64 data in images") from None
+        return decoded
+
+    @staticmethod
+    def _require(model: Model, capability: str, message: str) -> None:
+        if capability not in model.capabilities:
+            raise CapabilityError(message)
+
+    # -- /api/generate -----------------------------------------------------------------------
+
+    async def generate(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        started = time.perf_counter()
+        name = body.get("model")
+        model = await self.resolve(name)
+        raw = bool(body.get("raw"))
+        if raw and (body.get("template") or body.get("system") or body.get("context")):
+            raise BadRequestError("raw mode does not support template, system, or context")
+        self._check_logprobs(body)
+        think = self._think(body.get("think"))
+        if "completion" not in model.capabilities:
+            raise CapabilityError(f'"{name}" does not support generate')
+        if think and "thinking" not in model.capabilities:
+            raise CapabilityError(f'"{name}" does not support thinking')
+        suffix = body.get("suffix") or ""
+        if suffix and "insert" not in model.capabilities:
+            raise CapabilityError(f"{model.record.name.host}/{model.record.name.namespace}/"
+                                  f"{model.record.name.model}:{model.record.name.tag} does not support insert")
+        images = self._check_images(body.get("images"))
+        if images and "vision" not in model.capabilities:
+            raise CapabilityError(f'"{name}" does not support vision')
+        options = self._options(model, body.get("options"))
+        keep_alive = parse_keep_alive(body.get("keep_alive"))
+        grammar = format_grammar(body.get("format"))
+        prompt = body.get("prompt") or ""
+        load = self._load_options(options)
+
+        if not prompt and not suffix:
+            if keep_alive == 0:
+                await self.scheduler.unload(model.record)
+                yield self._base(name) | {"response": "", "done": True, "done_reason": "unload"}
+                return
+            await self.scheduler.load(model.record, load, keep_alive)
+            yield self._base(name) | {"response": "", "done": True, "done_reason": "load"}
+            return
+
+        lease = await self._acquire(model, load, keep_alive)
+        try:
+            llama = lease.runner.engine.model
+            context = body.get("context")
+            if raw:
+                tokens = llama.tokenize(prompt, add_special=True)
+            else:
+                template = model.template
+                if body.get("template"):
+                    template = ChatTemplate.build(body["template"], None)
+                system = body.get("system")
+                if system is None:
+                    system = model.record.system
+                if context:
+                    text = template.render_generate(prompt, system=None, suffix=suffix, think=think)
+                else:
+                    text = self._generate_text(model, template, prompt, system, suffix, think)
+                prefix = [int(t) for t in context] if isinstance(context, list) else []
+                tokens = prefix + llama.tokenize(text, add_special=not prefix)
+            sampling = self._sampling(options, grammar)
+            async for chunk in self._run(
+                lease, name, tokens, sampling, options, body, started, kind="generate", tools=None, raw=raw
+            ):
+                yield chunk
+        finally:
+            lease.release()
+
+    def _generate_text(self, model: Model, template: ChatTemplate, prompt: str, system: str | None, suffix: str,
+                       think: bool | None) -> str:
+        messages = list(model.record.messages or [])
+        if messages and template.go is not None and "Messages" in template.variables and not suffix:
+            history = ([{"role": "system", "content": system}] if system else []) + messages
+            return template.render_chat(history + [{"role": "user", "content": prompt}], think=think)
+        return template.render_generate(prompt, system=system, suffix=suffix, think=think)
+
+    # -- /api/chat ------------------------------------------------------------------------------
+
+    async def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        started = time.perf_counter()
+        name = body.get("model")
+        model = await self.resolve(name, required_message="model is required")
+        self._check_logprobs(body)
+        think = self._think(body.get("think"))
+        messages = self._messages(body.get("messages"))
+        tools = body.get("tools") or None
+        if tools is not None and not isinstance(tools, list):
+            raise BadRequestError("tools must be a list")
+        if "completion" not in model.capabilities:
+            raise CapabilityError(f'"{name}" does not support chat')
+        if tools and "tools" not in model.capabilities:
+            n = model.record.name
+            raise CapabilityError(f"{n.host}/{n.namespace}/{n.model}:{n.tag} does not support tools")
+        if think and "thinking" not in model.capabilities:
+            raise CapabilityError(f'"{name}" does not support thinking')
+        if any(m.get("images") for m in messages) and "vision" not in model.capabilities:
+            raise CapabilityError(f'"{name}" does not support vision')
+        options = self._options(model, body.get("options"))
+        keep_alive = parse_keep_alive(body.get("keep_alive"))
+        grammar = format_grammar(body.get("format"))
+        load = self._load_options(options)
+
+        if not messages:
+            if keep_alive == 0:
+                await self.scheduler.unload(model.record)
+                yield self._base(name) | {
+                    "message": {"role": "assistant", "content": ""},
+                    "done": True,
+                    "done_reason": "unload",
+                }
+                return
+            await self.scheduler.load(model.record, load, keep_alive)
+            yield self._base(name) | {"message": {"role": "assistant", "content": ""}, "done": True,
+                                      "done_reason": "load"}
+            return
+
+        history = list(model.record.messages or []) + messages
+        if model.record.system and (not history or history[0].get("role") != "system"):
+            history.insert(0, {"role": "system", "content": model.record.system})
+        lease = await self._acquire(model, load, keep_alive)
+        try:
+            llama = lease.runner.engine.model
+            text = model.template.render_chat(history, tools=tools, think=think)
+            tokens = llama.tokenize(text, add_special=True)
+            sampling = self._sampling(options, grammar)
+            async for chunk in self._run(
+                lease, name, tokens, sampling, options, body, started, kind="chat", tools=tools, raw=False
+            ):
+                yield chunk
+        finally:
+            lease.release()
+
+    @staticmethod
+    def _messages(value: Any) -> list[dict[str, Any]]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise BadRequestError("json: cannot unmarshal messages: expected an array")
+        out = []
+        for m in value:
+            if not isinstance(m, dict):
+                raise BadRequestError("json: cannot unmarshal message: expected an object")
+            role = m.get("role", "")
+            content = m.get("content", "")
+            if not isinstance(role, str):
+                raise BadRequestError("json: cannot unmarshal number into Go struct field Message.messages.role of type string")
+            if content is None:
+                content = ""
+            if not isinstance(content, str):
+                raise BadRequestError("json: cannot unmarshal value into Go struct field Message.messages.content of type string")
+            msg = dict(m)
+            msg["role"] = role.lower()
+            msg["content"] = content
+            if msg.get("images"):
+                Inference._check_images(msg["images"])
+            out.append(msg)
+        return out
+
+    # -- the shared generation loop -------------------------------------------------------------
+
+    async def _acquire(self, model: Model, load: eng.LoadOptions, keep_alive: float | None) -> Lease:
+        return await self.scheduler.acquire(model.record, load, keep_alive)
+
+    @staticmethod
+    def _base(name: str) -> dict[str, Any]:
+        return {"model": name, "created_at": iso_now()}
+
+    async def _run(
+        self,
+        lease: Lease,
+        name: str,
+        tokens: list[int],
+        sampling: eng.Sampling,
+        options: dict[str, Any],
+        body: dict[str, Any],
+        started: float,
+        *,
+        kind: str,
+        tools: list[dict] | None,
+        raw: bool,
+    ) -> AsyncIterator[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[eng.Event] = asyncio.Queue()
+        acquired = time.perf_counter()
+        job = eng.GenerateJob(
+            prompt=tokens,
+            sampling=sampling,
+            emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
+            num_predict=int(options.get("num_predict", -1)),
+            num_keep=int(options.get("num_keep", 4)),
+            shift=body.get("shift", True) is not False,
+        )
+        stops = options.get("stop") or []
+        text = TextStream(stops)
+        tool_names = {t.get("function", {}).get("name") for t in tools or [] if isinstance(t, dict)}
+        holding = bool(tools)
+        held = ""
+        first_token_at: float | None = None
+        done: eng.Done | None = None
+        model_label = lease.runner.name
+        lease.runner.engine.submit(job)
+        self.metrics.tokens_in.labels(model_label).inc(len(tokens))
+        try:
+            while True:
+                ev = await events.get()
+                if isinstance(ev, eng.Failed):
+                    raise CorralError(ev.message)
+                if isinstance(ev, eng.Done):
+                    done = ev
+                    break
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                    self.metrics.ttft.labels(model_label).observe(first_token_at - started)
+                piece = text.feed(ev.piece)
+                if text.stopped:
+                    job.cancel()
+                if piece:
+                    if holding:
+                        held += piece
+                        if looks_like_tool_call(held):
+                            continue
+                        holding = False
+                        piece, held = held, ""
+                    yield self._chunk(name, kind, piece)
+                if text.stopped:
+                    # The engine ends the job with "cancel"; from the client's view it stopped.
+                    while not isinstance(ev, (eng.Done, eng.Failed)):
+                        ev = await events.get()
+                    done = ev if isinstance(ev, eng.Done) else None
+                    break
+        except BaseException:
+            job.cancel()
+            raise
+        rest = text.flush()
+        tool_calls = None
+        if holding:
+            held += rest
+            rest = ""
+            tool_calls = parse_tool_calls(held, tool_names) if held.strip() else None
+            if tool_calls is None and held:
+                rest = held
+        if rest:
+            yield self._chunk(name, kind, rest)
+        if tool_calls:
+            chunk = self._chunk(name, kind, "")
+            chunk["message"]["tool_calls"] = tool_calls
+            yield chunk
+        assert done is not None or text.stopped
+        reason = "stop" if text.stopped or done is None or done.reason == "cancel" else done.reason
+        final = self._base(name)
+        if kind == "generate":
+            final["response"] = ""
+        else:
+            final["message"] = {"role": "assistant", "content": ""}
+        final["done"] = True
+        final["done_reason"] = reason
+        if kind == "generate" and not raw and done is not None:
+            final["context"] = done.tokens
+        now = time.perf_counter()
+        stats = done or eng.Done("stop", len(tokens), 0.0, 0, 0.0, [])
+        final.update(
+            {
+                "total_duration": _ns(now - started),
+                "load_duration": _ns(acquired - started),
+                "prompt_eval_count": stats.prompt_tokens,
+                "prompt_eval_duration": _ns(stats.prompt_seconds),
+                "eval_count": stats.generated_tokens,
+                "eval_duration": _ns(stats.generate_seconds),
+            }
+        )
+        self.metrics.tokens_out.labels(model_label).inc(stats.generated_tokens)
+        yield final
+
+    @staticmethod
+    def _chunk(name: str, kind: str, text: str) -> dict[str, Any]:
+        chunk = {"model": name, "created_at": iso_now()}
+        if kind == "generate":
+            chunk["response"] = text
+        else:
+            chunk["message"] = {"role": "assistant", "content": text}
+        chunk["done"] = False
+        return chunk
+
+    # -- embeddings ----------------------------------------------------------------------
+
+    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        name = body.get("model")
+        model = await self.resolve(name, embed=True, required_message="model is required")
+        raw_input = body.get("input")
+        if raw_input is None or raw_input == "" or raw_input == []:
+            inputs: list[str] = []
+        elif isinstance(raw_input, str):
+            inputs = [raw_input]
+        elif isinstance(raw_input, list) and all(isinstance(x, str) for x in raw_input):
+            inputs = list(raw_input)
+        else:
+            raise BadRequestError("invalid input type")
+        dimensions = body.get("dimensions")
+        if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 0):
+            raise BadRequestError("dimensions must be a positive integer")
+        options = self._options(model, body.get("options"))
+        keep_alive = parse_keep_alive(body.get("keep_alive"))
+        load = self._load_options(options, embedding="embedding" in model.capabilities)
+        if not inputs:
+            await self.scheduler.load(model.record, load, keep_alive)
+            return {"model": name, "embeddings": []}
+        lease = await self._acquire(model, load, keep_alive)
+        acquired = time.perf_counter()
+        try:
+            llama = lease.runner.engine.model
+            token_lists = []
+            for text in inputs:
+                tokens = llama.tokenize(text, add_special=True)
+                if len(tokens) > load.num_ctx:
+                    if body.get("truncate") is False:
+                        raise BadRequestError("the input length exceeds the context length")
+                    tokens = tokens[: load.num_ctx]
+                token_lists.append(tokens)
+            vectors = await self._embed_tokens(lease, token_lists)
+        finally:
+            lease.release()
+        out = [_normalize(v[:dimensions] if dimensions else v) for v in vectors]
+        return {
+            "model": name,
+            "embeddings": out,
+            "total_duration": _ns(time.perf_counter() - started),
+            "load_duration": _ns(acquired - started),
+            "prompt_eval_count": sum(len(t) for t in token_lists),
+        }
+
+    async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The legacy /api/embeddings: one prompt, one vector, not normalised."""
+        name = body.get("model")
+        model = await self.resolve(name, embed=True, required_message="model is required")
+        prompt = body.get("prompt") or ""
+        if not isinstance(prompt, str):
+            raise BadRequestError("prompt must be a string")
+        options = self._options(model, body.get("options"))
+        keep_alive = parse_keep_alive(body.get("keep_alive"))
+        load = self._load_options(options, embedding="embedding" in model.capabilities)
+        if not prompt:
+            await self.scheduler.load(model.record, load, keep_alive)
+            return {"embedding": []}
+        lease = await self._acquire(model, load, keep_alive)
+        try:
+            tokens = lease.runner.engine.model.tokenize(prompt, add_special=True)[: load.num_ctx]
+            (vector,) = await self._embed_tokens(lease, [tokens])
+        finally:
+            lease.release()
+        return {"embedding": vector}
+
+    async def _embed_tokens(self, lease: Lease, token_lists: list[list[int]]) -> list[list[float]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def done(result: Any) -> None:
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(result))
+
+        lease.runner.engine.submit(eng.EmbedJob(token_lists, done))
+        result = await future
+        if isinstance(result, Exception):
+            raise CorralError(str(result)) from result
+        return result
+
+
+def _normalize(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector))
+    if norm == 0:
+        return list(vector)
+    return [x / norm for x in vector]
+
+
+def _ns(seconds: float) -> int:
+    return max(0, int(seconds * 1e9))

@@ -1,0 +1,301 @@
+"""The worker's HTTP routes: parse, call, map. The work happens in inference and the store."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable
+from datetime import datetime, timezone
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from corral.api import openai
+from corral.api.errors import BadRequestError, NotFoundError, RequestCanceledError
+from corral.api.http import check_fields, json_response, ndjson_stream, prime, read_json, sse_stream
+from corral.api.streams import format_time
+from corral.worker.state import WorkerState
+
+OLLAMA_VERSION = "0.33.0"  # the Ollama API level we implement (ollama-api.md)
+
+T = TypeVar("T")
+
+
+def get_state(request: Request) -> WorkerState:
+    return request.app.state.worker
+
+
+StateDep = Annotated[WorkerState, Depends(get_state)]
+router = APIRouter()
+
+_GENERATE_FIELDS = {
+    "model": str, "prompt": str, "suffix": str, "system": str, "template": str, "context": list,
+    "stream": bool, "raw": bool, "images": list, "options": dict, "truncate": bool, "shift": bool,
+    "logprobs": bool, "top_logprobs": int,
+}
+_CHAT_FIELDS = {
+    "model": str, "messages": list, "tools": list, "stream": bool, "options": dict, "truncate": bool,
+    "shift": bool, "logprobs": bool, "top_logprobs": int,
+}
+_EMBED_FIELDS = {"model": str, "truncate": bool, "dimensions": int, "options": dict}
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``, cancelling it if the client goes away first (queued or generating)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise RequestCanceledError()
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+async def _collect(chunks: AsyncIterator[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """A whole native stream folded into the one object ``stream: false`` returns."""
+    text: list[str] = []
+    thinking: list[str] = []
+    tool_calls: list[dict] = []
+    final: dict[str, Any] = {}
+    async for chunk in chunks:
+        part = chunk.get("response", "") if kind == "generate" else chunk.get("message", {}).get("content", "")
+        text.append(part)
+        msg = chunk.get("message", {}) if kind == "chat" else chunk
+        if msg.get("thinking"):
+            thinking.append(msg["thinking"])
+        tool_calls.extend(msg.get("tool_calls") or [])
+        final = chunk
+    if kind == "generate":
+        final["response"] = "".join(text)
+        if thinking:
+            final["thinking"] = "".join(thinking)
+    else:
+        message = {"role": "assistant", "content": "".join(text)}
+        if thinking:
+            message["thinking"] = "".join(thinking)
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        final["message"] = message
+    return final
+
+
+async def _native(request: Request, state: WorkerState, body: dict[str, Any], kind: str) -> Response:
+    run = state.inference.generate if kind == "generate" else state.inference.chat
+    if body.get("stream", True) is False:
+        result = await until_disconnect(request, _collect(run(body), kind))
+        return json_response(result)
+    return ndjson_stream(await until_disconnect(request, prime(run(body))))
+
+
+# -- liveness and version ---------------------------------------------------------------
+
+
+@router.api_route("/", methods=["GET", "HEAD"])
+async def root() -> Response:
+    return PlainTextResponse("Ollama is running")
+
+
+@router.api_route("/api/version", methods=["GET", "HEAD"])
+async def version() -> Response:
+    return json_response({"version": OLLAMA_VERSION})
+
+
+@router.get("/metrics")
+async def metrics(state: StateDep) -> Response:
+    state.refresh_gauges()
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# -- inference ----------------------------------------------------------------------------
+
+
+@router.post("/api/generate")
+async def generate(request: Request, state: StateDep) -> Response:
+    body = await read_json(request, struct="GenerateRequest")
+    check_fields(body, _GENERATE_FIELDS, struct="GenerateRequest")
+    return await _native(request, state, body, "generate")
+
+
+@router.post("/api/chat")
+async def chat(request: Request, state: StateDep) -> Response:
+    body = await read_json(request, struct="ChatRequest")
+    check_fields(body, _CHAT_FIELDS, struct="ChatRequest")
+    return await _native(request, state, body, "chat")
+
+
+@router.post("/api/embed")
+async def embed(request: Request, state: StateDep) -> Response:
+    body = await read_json(request, struct="EmbedRequest")
+    check_fields(body, _EMBED_FIELDS, struct="EmbedRequest")
+    return json_response(await until_disconnect(request, state.inference.embed(body)))
+
+
+@router.post("/api/embeddings")
+async def embeddings(request: Request, state: StateDep) -> Response:
+    body = await read_json(request, struct="EmbeddingRequest")
+    check_fields(body, {"model": str, "prompt": str, "options": dict}, struct="EmbeddingRequest")
+    return json_response(await until_disconnect(request, state.inference.embeddings(body)))
+
+
+# -- OpenAI compatible ---------------------------------------------------------------------
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, state: StateDep) -> Response:
+    body = await read_json(request, struct="ChatCompletionRequest")
+    native = openai.chat_request(body)
+    model = body.get("model") or ""
+    ident, created = openai.new_chat_id(), int(time.time())
+    if not native.get("stream"):
+        result = await until_disconnect(request, _collect(state.inference.chat(native), "chat"))
+        return json_response(openai.chat_response(result, model=model, id=ident, created=created))
+    stream = openai.ChatStream(model=model, id=ident, created=created, include_usage=openai.include_usage(body))
+    chunks = await until_disconnect(request, prime(state.inference.chat(native)))
+    return sse_stream(_translate(chunks, stream.feed), stream.error)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, state: StateDep) -> Response:
+    body = await read_json(request, struct="CompletionRequest")
+    native = openai.completion_request(body)
+    model = body.get("model") or ""
+    ident, created = openai.new_completion_id(), int(time.time())
+    if not native.get("stream"):
+        result = await until_disconnect(request, _collect(state.inference.generate(native), "generate"))
+        return json_response(openai.completion_response(result, model=model, id=ident, created=created))
+    stream = openai.CompletionStream(
+        model=model, id=ident, created=created, include_usage=openai.include_usage(body)
+    )
+    chunks = await until_disconnect(request, prime(state.inference.generate(native)))
+    return sse_stream(_translate(chunks, stream.feed), stream.error)
+
+
+async def _translate(chunks: AsyncIterator[dict[str, Any]], feed: Any) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        for event in feed(chunk):
+            yield event
+
+
+@router.post("/v1/embeddings")
+async def openai_embeddings(request: Request, state: StateDep) -> Response:
+    body = await read_json(request, struct="EmbedRequest")
+    native, encoding = openai.embedding_request(body)
+    result = await until_disconnect(request, state.inference.embed(native))
+    return json_response(openai.embedding_response(result, model=body.get("model") or "", encoding_format=encoding))
+
+
+@router.get("/v1/models")
+async def openai_models(state: StateDep) -> Response:
+    return json_response(openai.model_list(await state.store.tags()))
+
+
+@router.get("/v1/models/{model:path}")
+async def openai_model(model: str, state: StateDep) -> Response:
+    for entry in await state.store.tags():
+        if model in (entry["name"], entry["model"]) or entry["name"] == f"{model}:latest":
+            return json_response(openai.model_object(entry, id=model))
+    raise NotFoundError(f"model '{model}' not found")
+
+
+# -- model management ------------------------------------------------------------------------
+
+
+@router.api_route("/api/tags", methods=["GET", "HEAD"])
+async def tags(state: StateDep) -> Response:
+    return json_response({"models": await state.store.tags()})
+
+
+@router.post("/api/show")
+async def show(request: Request, state: StateDep) -> Response:
+    body = await read_json(request, struct="ShowRequest")
+    check_fields(body, {"model": str, "name": str, "verbose": bool}, struct="ShowRequest")
+    name = body.get("model") or body.get("name")
+    if not name:
+        raise BadRequestError("model is required")
+    return json_response(await state.store.show(name, verbose=bool(body.get("verbose"))))
+
+
+@router.post("/api/copy")
+async def copy(request: Request, state: StateDep) -> Response:
+    body = await read_json(request, struct="CopyRequest")
+    check_fields(body, {"source": str, "destination": str}, struct="CopyRequest")
+    await state.store.copy(body.get("source") or "", body.get("destination") or "")
+    return Response(status_code=200)
+
+
+@router.delete("/api/delete")
+async def delete(request: Request, state: StateDep) -> Response:
+    body = await read_json(request, struct="DeleteRequest")
+    check_fields(body, {"model": str, "name": str}, struct="DeleteRequest")
+    name = body.get("model") or body.get("name") or ""
+    await state.store.delete(name)
+    return Response(status_code=200)
+
+
+@router.post("/api/create")
+async def create(request: Request, state: StateDep) -> Response:
+    body = await read_json(request, struct="CreateRequest")
+    check_fields(body, {"model": str, "name": str, "from": str, "files": dict, "adapters": dict,
+                        "template": str, "system": str, "parameters": dict, "messages": list,
+                        "modelfile": str, "path": str, "quantize": str, "stream": bool},
+                 struct="CreateRequest")
+    progress = state.store.create(body)
+    if body.get("stream", True) is False:
+        last: dict[str, Any] = {}
+        async for line in progress:
+            last = line
+        return json_response(last)
+    return ndjson_stream(await prime(progress))
+
+
+@router.head("/api/blobs/{digest}")
+async def blob_exists(digest: str, state: StateDep) -> Response:
+    if await state.store.has_blob(digest):
+        return Response(status_code=200)
+    raise NotFoundError(f'blob "{digest}" not found')
+
+
+@router.post("/api/blobs/{digest}")
+async def blob_upload(digest: str, request: Request, state: StateDep) -> Response:
+    if await state.store.has_blob(digest):
+        return Response(status_code=200)
+    created = await state.store.write_blob(digest, request.stream())
+    return Response(status_code=201 if created else 200)
+
+
+@router.get("/api/ps")
+async def ps(state: StateDep) -> Response:
+    models = []
+    for runner in state.scheduler.runners():
+        record = runner.record
+        if runner.expires_at is None:
+            expires = time.time() + (runner.keep_alive if not math.isinf(runner.keep_alive) else 0)
+        else:
+            expires = runner.expires_at
+        if math.isinf(runner.keep_alive) or (expires is not None and math.isinf(expires)):
+            # Ollama shows a pinned model as expiring ~292 years from now (Go's MaxInt64 ns).
+            expires_text = format_time(datetime(2318, 1, 1, tzinfo=timezone.utc))
+        else:
+            expires_text = format_time(datetime.fromtimestamp(expires).astimezone())
+        models.append(
+            {
+                "name": runner.name,
+                "model": runner.name,
+                "size": runner.loaded.size,
+                "digest": record.digest,
+                "details": record.details(),
+                "expires_at": expires_text,
+                "size_vram": runner.loaded.extra.get("size_vram", 0),
+                "context_length": runner.loaded.context_length,
+            }
+        )
+    models.sort(key=lambda m: m["expires_at"], reverse=True)
+    return json_response({"models": models})

@@ -1,0 +1,32 @@
+"""Everything the worker's routes reach, created and owned by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from corral.worker.inference import Inference
+from corral.worker.metrics import WorkerMetrics
+from corral.worker.scheduler import Scheduler
+from corral.worker.settings import WorkerSettings
+
+
+@dataclass
+class WorkerState:
+    settings: WorkerSettings
+    store: Any  # corral.store.local.LocalStore
+    scheduler: Scheduler
+    inference: Inference
+    metrics: WorkerMetrics
+
+    def refresh_gauges(self) -> None:
+        """Point-in-time gauges, read from the scheduler when Prometheus scrapes."""
+        runners = self.scheduler.runners()
+        m = self.metrics
+        m.models_loaded.set(len(runners))
+        m.queue_depth.set(self.scheduler.waiting())
+        m.slots_busy.clear()
+        m.slots_total.clear()
+        for runner in runners:
+            m.slots_busy.labels(runner.name).set(runner.in_flight)
+            m.slots_total.labels(runner.name).set(runner.options.n_parallel)
