@@ -96,6 +96,7 @@ def create_app(settings: WorkerSettings) -> FastAPI:
             max_queue=settings.OLLAMA_MAX_QUEUE,
             default_keep_alive=settings.keep_alive_seconds,
             load_timeout=settings.load_timeout_seconds,
+            on_reject=metrics.rejections.inc,
         )
         inference = Inference(
             store=store, scheduler=scheduler, settings=settings, metrics=metrics, describe=inspector.describe

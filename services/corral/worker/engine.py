@@ -342,7 +342,11 @@ class Engine:
     def _start(self, slot: _Slot, job: GenerateJob) -> None:
         prompt = self._fit_prompt(job)
         # Reuse the cached prefix, but always decode at least one token to get logits.
+        # Not for seeded requests: decoding a prompt in different batch shapes changes the
+        # logits slightly, and a seed promises the same text every time.
         keep = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
+        if job.sampling.seed >= 0:
+            keep = 0
         lc.llama_memory_seq_rm(self.mem, slot.seq, keep, -1)
         slot.cached = prompt[:keep]
         slot.pending = prompt[keep:]

@@ -48,6 +48,7 @@ _TEMPLATE_CACHE_SIZE = 64  # one entry per distinct template text; models are fe
 class Model:
     """A resolved model: its store record plus what we derived from it."""
 
+    requested: str  # the name as the client wrote it: responses echo it
     record: Any
     template: ChatTemplate
     capabilities: list[str]
@@ -79,7 +80,7 @@ class Inference:
         if record.model_path is None:
             raise BadRequestError(f"model '{name}' has no weights to run")
         template, caps = self._describe(record)
-        return Model(record, template, caps)
+        return Model(name, record, template, caps)
 
     def _options(self, model: Model, request_options: Any) -> dict[str, Any]:
         merged = {k: v for k, v in model.record.params.items() if k in OPTIONS}
@@ -185,12 +186,7 @@ class Inference:
         load = self._load_options(options)
 
         if not prompt and not suffix:
-            if keep_alive == 0:
-                await self.scheduler.unload(model.record)
-                yield self._base(name) | {"response": "", "done": True, "done_reason": "unload"}
-                return
-            await self.scheduler.load(model.record, load, keep_alive)
-            yield self._base(name) | {"response": "", "done": True, "done_reason": "load"}
+            yield await self._load_or_unload(model, load, keep_alive, {"response": ""})
             return
 
         lease = await self._acquire(model, load, keep_alive)
@@ -255,17 +251,7 @@ class Inference:
         load = self._load_options(options)
 
         if not messages:
-            if keep_alive == 0:
-                await self.scheduler.unload(model.record)
-                yield self._base(name) | {
-                    "message": {"role": "assistant", "content": ""},
-                    "done": True,
-                    "done_reason": "unload",
-                }
-                return
-            await self.scheduler.load(model.record, load, keep_alive)
-            yield self._base(name) | {"message": {"role": "assistant", "content": ""}, "done": True,
-                                      "done_reason": "load"}
+            yield await self._load_or_unload(model, load, keep_alive, {"message": {"role": "assistant", "content": ""}})
             return
 
         history = list(model.record.messages or []) + messages
@@ -314,6 +300,18 @@ class Inference:
 
     async def _acquire(self, model: Model, load: eng.LoadOptions, keep_alive: float | None) -> Lease:
         return await self.scheduler.acquire(model.record, load, keep_alive)
+
+    async def _load_or_unload(
+        self, model: Model, load: eng.LoadOptions, keep_alive: float | None, empty: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Ollama's empty prompt: load the model, or with keep_alive 0 unload it."""
+        if keep_alive == 0:
+            await self.scheduler.unload(model.record)
+            reason = "unload"
+        else:
+            await self.scheduler.load(model.record, load, keep_alive)
+            reason = "load"
+        return self._base(model.requested) | empty | {"done": True, "done_reason": reason}
 
     @staticmethod
     def _base(name: str) -> dict[str, Any]:

@@ -92,7 +92,7 @@ class Scheduler:
         max_queue: int,
         default_keep_alive: float,
         load_timeout: float = math.inf,
-        on_change: Callable[[], None] | None = None,
+        on_reject: Callable[[], None] | None = None,
     ) -> None:
         self._loader = loader
         self._num_parallel = num_parallel
@@ -100,7 +100,7 @@ class Scheduler:
         self._max_queue = max_queue
         self._default_keep_alive = default_keep_alive
         self._load_timeout = load_timeout
-        self._on_change = on_change or (lambda: None)
+        self._on_reject = on_reject or (lambda: None)
         self._runners: dict[str, Runner] = {}
         self._waiting: dict[str, int] = {}
         self._load_lock = asyncio.Lock()
@@ -111,8 +111,9 @@ class Scheduler:
 
     async def acquire(self, record: Any, options: Any, keep_alive: float | None) -> Lease:
         """Wait for a slot on ``record`` loaded with ``options``; load it if needed."""
-        key = str(record.model_path)
+        key = self.key(record)
         if self._waiting.get(key, 0) >= self._max_queue:
+            self._on_reject()
             raise ServerBusyError()
         self._waiting[key] = self._waiting.get(key, 0) + 1
         try:
@@ -135,12 +136,11 @@ class Scheduler:
             runner._timer = None
         if keep_alive is not None:
             runner.keep_alive = keep_alive
-        self._on_change()
         return Lease(self, runner, load_seconds)
 
     async def unload(self, record: Any) -> None:
         """Ollama's empty prompt with keep_alive 0: unload once the model is idle."""
-        runner = self._runners.get(str(record.model_path))
+        runner = self._runners.get(self.key(record))
         if runner is None:
             return
         runner.keep_alive = 0
@@ -152,6 +152,13 @@ class Scheduler:
         lease = await self.acquire(record, options, keep_alive)
         lease.release()
         return lease.load_seconds
+
+    @staticmethod
+    def key(record: Any) -> str:
+        # Runners are per model name, not per weights file: variants of one GGUF are
+        # distinct models to clients, ps and placement. On CPU their weights are mmapped,
+        # so the pages are shared anyway.
+        return record.name.display
 
     def waiting(self, key: str | None = None) -> int:
         if key is None:
@@ -171,9 +178,10 @@ class Scheduler:
         while True:
             runner = self._runners.get(key)
             if runner is not None and not runner.closing:
-                if runner.options == options:
+                if runner.options == options and runner.record.digest == record.digest:
                     return runner, 0.0
-                # A load-time option changed: reload once the old runner is idle (Ollama does the same).
+                # A load-time option changed, or the model was re-created under this name:
+                # reload once the old runner is idle (Ollama does the same).
                 if runner.in_flight == 0:
                     await self._unload(runner, reason="reload")
                 else:
@@ -220,7 +228,6 @@ class Scheduler:
         )
         self._runners[key] = runner
         logger.info("loaded %s in %.2fs", runner.name, load_seconds)
-        self._on_change()
         return runner
 
     def _release(self, runner: Runner) -> None:
@@ -237,7 +244,6 @@ class Scheduler:
                 )
             else:
                 runner.expires_at = math.inf
-        self._on_change()
         asyncio.get_running_loop().create_task(self._notify())
 
     async def _expire(self, runner: Runner) -> None:
@@ -254,7 +260,6 @@ class Scheduler:
             del self._runners[runner.key]
         logger.info("unloading %s (%s)", runner.name, reason)
         await asyncio.to_thread(runner.loaded.close)
-        self._on_change()
         await self._notify()
 
     async def _notify(self) -> None:
