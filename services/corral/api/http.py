@@ -72,10 +72,7 @@ async def read_json(request: Request, *, struct: str = "Request") -> dict[str, A
     try:
         value = json.loads(body)
     except json.JSONDecodeError as exc:
-        if exc.pos >= len(exc.doc.rstrip()):
-            raise BadRequestError("unexpected EOF") from exc
-        char = exc.doc[exc.pos]
-        raise BadRequestError(f"invalid character {char!r} looking for beginning of value") from exc
+        raise BadRequestError(_go_json_error(exc)) from exc
     except UnicodeDecodeError as exc:
         raise BadRequestError("invalid character in request body") from exc
     if not isinstance(value, dict):
@@ -83,22 +80,46 @@ async def read_json(request: Request, *, struct: str = "Request") -> dict[str, A
     return value
 
 
-def check_fields(body: dict[str, Any], fields: dict[str, type | tuple[type, ...]], *, struct: str) -> None:
-    """Go's decoder rejects a field of the wrong JSON type; so do we, with its message."""
-    for name, expected in fields.items():
+# Python's decoder complaints and the words Go's encoding/json uses for the same mistake.
+_GO_JSON_CONTEXT = {
+    "Expecting property name enclosed in double quotes": "looking for beginning of object key string",
+    "Expecting ':' delimiter": "after object key",
+    "Expecting value": "looking for beginning of value",
+}
+
+
+def _go_json_error(exc: json.JSONDecodeError) -> str:
+    if exc.pos >= len(exc.doc.rstrip()):
+        return "unexpected EOF"
+    char = exc.doc[exc.pos]
+    if exc.msg == "Expecting ',' delimiter":
+        # Go names the container it was in; find the innermost open one before pos.
+        depth_obj = exc.doc.rfind("{", 0, exc.pos) > exc.doc.rfind("[", 0, exc.pos)
+        where = "after object key:value pair" if depth_obj else "after array element"
+    elif exc.msg == "Extra data":
+        where = "after top-level value"
+    else:
+        where = _GO_JSON_CONTEXT.get(exc.msg, "looking for beginning of value")
+    shown = "'\\''" if char == "'" else f"'{char}'"
+    return f"invalid character {shown} {where}"
+
+
+def check_fields(body: dict[str, Any], fields: dict[str, tuple[type, str]], *, struct: str) -> None:
+    """Go's decoder rejects a field of the wrong JSON type; so do we, with its message.
+
+    ``fields`` maps a field to (the Python type its JSON must decode to, Go's type name).
+    """
+    for name, (expected, go_type) in fields.items():
         value = body.get(name)
         if value is None:
             continue
-        types = expected if isinstance(expected, tuple) else (expected,)
-        ok = any(
-            (isinstance(value, t) and not (t in (int, float) and isinstance(value, bool)))
-            or (t is float and isinstance(value, int) and not isinstance(value, bool))
-            for t in types
-        )
+        if expected is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif expected is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, expected)
         if not ok:
-            go_type = {str: "string", bool: "bool", int: "int", float: "float64", list: "[]", dict: "map"}.get(
-                types[0], "value"
-            )
             raise BadRequestError(
                 f"json: cannot unmarshal {_go_kind(value)} into Go struct field {struct}.{name} of type {go_type}"
             )

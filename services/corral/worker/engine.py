@@ -342,10 +342,10 @@ class Engine:
     def _start(self, slot: _Slot, job: GenerateJob) -> None:
         prompt = self._fit_prompt(job)
         # Reuse the cached prefix, but always decode at least one token to get logits.
-        # Not for seeded requests: decoding a prompt in different batch shapes changes the
-        # logits slightly, and a seed promises the same text every time.
+        # Not for requests that promise repeatable text (a seed, or greedy sampling):
+        # decoding a prompt in batches of different shapes changes the logits slightly.
         keep = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
-        if job.sampling.seed >= 0:
+        if job.sampling.seed >= 0 or job.sampling.temperature <= 0:
             keep = 0
         lc.llama_memory_seq_rm(self.mem, slot.seq, keep, -1)
         slot.cached = prompt[:keep]

@@ -21,5 +21,6 @@ def format_grammar(fmt: Any) -> str | None:
             return json_schema_to_gbnf(json.dumps(fmt))
         except Exception as exc:  # the converter raises assorted errors on bad schemas
             raise BadRequestError(f"invalid JSON schema in format: {exc}") from exc
-    shown = json.dumps(fmt) if not isinstance(fmt, str) else json.dumps(fmt)
+    # Ollama quotes the raw JSON it received (Go's %q), so a string shows its own quotes escaped.
+    shown = json.dumps(json.dumps(fmt, separators=(",", ":"), ensure_ascii=False), ensure_ascii=False)
     raise BadRequestError(f'invalid format: {shown}; expected "json" or a valid JSON Schema object')

@@ -31,16 +31,28 @@ def get_state(request: Request) -> WorkerState:
 StateDep = Annotated[WorkerState, Depends(get_state)]
 router = APIRouter()
 
+# Field types as Go's decoder checks them: (JSON type, Go type name for the error message).
+_STR, _BOOL, _INT = (str, "string"), (bool, "bool"), (int, "int")
+_OPTIONS = (dict, "map[string]interface {}")
 _GENERATE_FIELDS = {
-    "model": str, "prompt": str, "suffix": str, "system": str, "template": str, "context": list,
-    "stream": bool, "raw": bool, "images": list, "options": dict, "truncate": bool, "shift": bool,
-    "logprobs": bool, "top_logprobs": int,
+    "model": _STR, "prompt": _STR, "suffix": _STR, "system": _STR, "template": _STR, "context": (list, "[]int"),
+    "stream": _BOOL, "raw": _BOOL, "images": (list, "[]api.ImageData"), "options": _OPTIONS,
+    "truncate": _BOOL, "shift": _BOOL, "logprobs": _BOOL, "top_logprobs": _INT,
 }
 _CHAT_FIELDS = {
-    "model": str, "messages": list, "tools": list, "stream": bool, "options": dict, "truncate": bool,
-    "shift": bool, "logprobs": bool, "top_logprobs": int,
+    "model": _STR, "messages": (list, "[]api.Message"), "tools": (list, "api.Tools"), "stream": _BOOL,
+    "options": _OPTIONS, "truncate": _BOOL, "shift": _BOOL, "logprobs": _BOOL, "top_logprobs": _INT,
 }
-_EMBED_FIELDS = {"model": str, "truncate": bool, "dimensions": int, "options": dict}
+_EMBED_FIELDS = {"model": _STR, "truncate": _BOOL, "dimensions": _INT, "options": _OPTIONS}
+_EMBEDDING_FIELDS = {"model": _STR, "prompt": _STR, "options": _OPTIONS}
+_SHOW_FIELDS = {"model": _STR, "name": _STR, "verbose": _BOOL}
+_COPY_FIELDS = {"source": _STR, "destination": _STR}
+_DELETE_FIELDS = {"model": _STR, "name": _STR}
+_CREATE_FIELDS = {
+    "model": _STR, "name": _STR, "from": _STR, "files": (dict, "map[string]string"),
+    "adapters": (dict, "map[string]string"), "template": _STR, "system": _STR, "parameters": _OPTIONS,
+    "messages": (list, "[]api.Message"), "modelfile": _STR, "path": _STR, "quantize": _STR, "stream": _BOOL,
+}
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
@@ -141,7 +153,7 @@ async def embed(request: Request, state: StateDep) -> Response:
 @router.post("/api/embeddings")
 async def embeddings(request: Request, state: StateDep) -> Response:
     body = await read_json(request, struct="EmbeddingRequest")
-    check_fields(body, {"model": str, "prompt": str, "options": dict}, struct="EmbeddingRequest")
+    check_fields(body, _EMBEDDING_FIELDS, struct="EmbeddingRequest")
     return json_response(await until_disconnect(request, state.inference.embeddings(body)))
 
 
@@ -216,7 +228,7 @@ async def tags(state: StateDep) -> Response:
 @router.post("/api/show")
 async def show(request: Request, state: StateDep) -> Response:
     body = await read_json(request, struct="ShowRequest")
-    check_fields(body, {"model": str, "name": str, "verbose": bool}, struct="ShowRequest")
+    check_fields(body, _SHOW_FIELDS, struct="ShowRequest")
     name = body.get("model") or body.get("name")
     if not name:
         raise BadRequestError("model is required")
@@ -226,7 +238,7 @@ async def show(request: Request, state: StateDep) -> Response:
 @router.post("/api/copy")
 async def copy(request: Request, state: StateDep) -> Response:
     body = await read_json(request, struct="CopyRequest")
-    check_fields(body, {"source": str, "destination": str}, struct="CopyRequest")
+    check_fields(body, _COPY_FIELDS, struct="CopyRequest")
     await state.store.copy(body.get("source") or "", body.get("destination") or "")
     return Response(status_code=200)
 
@@ -234,7 +246,7 @@ async def copy(request: Request, state: StateDep) -> Response:
 @router.delete("/api/delete")
 async def delete(request: Request, state: StateDep) -> Response:
     body = await read_json(request, struct="DeleteRequest")
-    check_fields(body, {"model": str, "name": str}, struct="DeleteRequest")
+    check_fields(body, _DELETE_FIELDS, struct="DeleteRequest")
     name = body.get("model") or body.get("name") or ""
     await state.store.delete(name)
     return Response(status_code=200)
@@ -243,10 +255,7 @@ async def delete(request: Request, state: StateDep) -> Response:
 @router.post("/api/create")
 async def create(request: Request, state: StateDep) -> Response:
     body = await read_json(request, struct="CreateRequest")
-    check_fields(body, {"model": str, "name": str, "from": str, "files": dict, "adapters": dict,
-                        "template": str, "system": str, "parameters": dict, "messages": list,
-                        "modelfile": str, "path": str, "quantize": str, "stream": bool},
-                 struct="CreateRequest")
+    check_fields(body, _CREATE_FIELDS, struct="CreateRequest")
     progress = state.store.create(body)
     if body.get("stream", True) is False:
         last: dict[str, Any] = {}
