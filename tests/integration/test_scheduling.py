@@ -165,10 +165,12 @@ def test_concurrent_requests_each_get_their_own_options(http):
     cases = [
         ({"num_predict": 5, "temperature": 0}, None, lambda r: r["eval_count"] == 5),
         ({"num_predict": 7, "temperature": 1.0, "seed": 3}, None, lambda r: r["eval_count"] == 7),
-        ({"num_predict": 60, "temperature": 0, "stop": ["e"]}, None, lambda r: "e" not in r["response"]),
+        ({"num_predict": 60, "temperature": 0, "stop": ["e"]}, None,
+         lambda r: "e" not in r["response"] and r["done_reason"] == "stop"),
         ({"num_predict": 40, "temperature": 0}, schema, lambda r: isinstance(json.loads(r["response"])["n"], int)),
         ({"num_predict": 3, "temperature": 0.5}, None, lambda r: r["eval_count"] == 3),
-        ({"num_predict": 60, "temperature": 0, "stop": [" the"]}, None, lambda r: " the" not in r["response"]),
+        ({"num_predict": 60, "temperature": 0, "stop": [" the"]}, None,
+         lambda r: " the" not in r["response"] and r["done_reason"] == "stop"),
         ({"num_predict": 1, "temperature": 0}, None, lambda r: r["eval_count"] == 1),
         ({"num_predict": 40, "temperature": 0.7}, "json", lambda r: r["response"].lstrip().startswith("{")),
     ]
@@ -176,7 +178,7 @@ def test_concurrent_requests_each_get_their_own_options(http):
 
     def run(i: int) -> None:
         options, fmt, _ = cases[i]
-        body = {"model": MODEL_NAME, "prompt": "Describe the sea in one line.", "options": options, "stream": False}
+        body = {"model": MODEL_NAME, "prompt": PROMPT, "raw": True, "options": options, "stream": False}
         if fmt is not None:
             body["format"] = fmt
         results[i] = httpx.post(str(http.base_url) + "/api/generate", json=body, timeout=120).json()
