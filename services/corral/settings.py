@@ -57,6 +57,15 @@ def parse_ollama_host(value: str) -> HostPort:
     return HostPort(scheme, host or "0.0.0.0", port)
 
 
+def check_duration(value: str) -> str:
+    """A validator for duration variables: Go durations or seconds, Ollama's messages."""
+    try:
+        parse_env_keep_alive(value)
+    except DurationError as exc:
+        raise ValueError(exc.message) from exc
+    return value
+
+
 def _clean(value: Any) -> Any:
     # Ollama trims spaces and quotes from every variable.
     if isinstance(value, str):
@@ -89,11 +98,7 @@ class CommonSettings(BaseSettings):
     @field_validator("OLLAMA_KEEP_ALIVE")
     @classmethod
     def _check_keep_alive(cls, value: str) -> str:
-        try:
-            parse_env_keep_alive(value)
-        except DurationError as exc:
-            raise ValueError(exc.message) from exc
-        return value
+        return check_duration(value)
 
     @field_validator("CORRAL_LOG_FORMAT")
     @classmethod

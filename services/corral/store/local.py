@@ -42,11 +42,15 @@ from corral.api.errors import (
     model_not_found,
 )
 from corral.api.options import validate_options
+from corral.api.streams import format_time
 from corral.store.gguf import GGUFCache, GGUFError, GGUFInfo, human_number
 from corral.store.modelfile import format_modelfile, format_parameters, go_quote, parse_modelfile
 from corral.store.names import ModelName
 
 logger = logging.getLogger(__name__)
+
+# What reading a damaged manifest or config can raise; such a model is reported, not fatal.
+_DAMAGED = (OSError, ValueError, TypeError, AttributeError, BadRequestError)
 
 MEDIA_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MEDIA_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -269,22 +273,25 @@ class LocalStore:
             raise TypeError("config is not a JSON object")
         return config
 
+    def _summary(self, name: ModelName, path: Path) -> ModelRecord:
+        """The record from the manifest and config alone, without reading its layers."""
+        data, manifest, stat = self._read_manifest(path)
+        return ModelRecord(
+            name=name,
+            manifest=manifest,
+            digest=hashlib.sha256(data).hexdigest(),
+            modified_at=datetime.fromtimestamp(stat.st_mtime).astimezone(),
+            size=_manifest_size(manifest),
+            config=self._read_config(manifest),
+            model_path=None,
+        )
+
     def _load(self, name: ModelName, path: Path) -> ModelRecord:
         try:
-            data, manifest, stat = self._read_manifest(path)
-            config = self._read_config(manifest)
-            record = ModelRecord(
-                name=name,
-                manifest=manifest,
-                digest=hashlib.sha256(data).hexdigest(),
-                modified_at=datetime.fromtimestamp(stat.st_mtime).astimezone(),
-                size=_manifest_size(manifest),
-                config=config,
-                model_path=None,
-            )
-            for layer in manifest.get("layers") or []:
+            record = self._summary(name, path)
+            for layer in record.manifest.get("layers") or []:
                 self._apply_layer(record, layer)
-        except (OSError, ValueError, TypeError, AttributeError, BadRequestError) as exc:
+        except _DAMAGED as exc:
             raise CorralError(f"model {name.display} is damaged: {exc}") from exc
         return record
 
@@ -330,30 +337,20 @@ class LocalStore:
         entries: list[tuple[float, dict]] = []
         for name, path in self._scan():
             try:
-                data, manifest, stat = self._read_manifest(path)
-                config = self._read_config(manifest)
-                record = ModelRecord(
-                    name=name,
-                    manifest=manifest,
-                    digest=hashlib.sha256(data).hexdigest(),
-                    modified_at=datetime.fromtimestamp(stat.st_mtime).astimezone(),
-                    size=_manifest_size(manifest),
-                    config=config,
-                    model_path=None,
-                )
-            except (OSError, ValueError, TypeError, AttributeError, BadRequestError) as exc:
+                record = self._summary(name, path)
+            except _DAMAGED as exc:
                 # One damaged model must not hide the others (ollama#13885).
                 logger.warning("skipping unreadable model %s: %s", name.display, exc)
                 continue
             entry = {
                 "name": name.display,
                 "model": name.display,
-                "modified_at": rfc3339(record.modified_at),
+                "modified_at": format_time(record.modified_at),
                 "size": record.size,
                 "digest": record.digest,
                 "details": record.details(),
             }
-            entries.append((stat.st_mtime, entry))
+            entries.append((record.modified_at.timestamp(), entry))
         entries.sort(key=lambda item: item[0], reverse=True)
         return [entry for _, entry in entries]
 
@@ -421,7 +418,7 @@ class LocalStore:
         if info is not None:
             response["tensors"] = [dict(tensor) for tensor in info.tensors]
         response["capabilities"] = self._capabilities_for(record, info)
-        response["modified_at"] = rfc3339(record.modified_at)
+        response["modified_at"] = format_time(record.modified_at)
         if record.config.get("requires"):
             response["requires"] = record.config["requires"]
         return response
@@ -724,18 +721,6 @@ class LocalStore:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def rfc3339(moment: datetime) -> str:
-    """Go's RFC3339Nano: fraction without trailing zeros, ``Z`` for UTC."""
-    text = moment.isoformat(timespec="microseconds")
-    head, sep, rest = text.partition(".")
-    if sep:
-        fraction, offset = rest[:6].rstrip("0"), rest[6:]
-        text = f"{head}.{fraction}{offset}" if fraction else f"{head}{offset}"
-    if text.endswith("+00:00"):
-        text = text[:-6] + "Z"
-    return text
 
 
 def _walk_files(root: Path, depth: int) -> list[Path]:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from corral.settings import CommonSettings, default_models_dir
+from corral.api.durations import parse_env_keep_alive
+from corral.settings import CommonSettings, check_duration, default_models_dir
 
 
 def _cpu_count() -> int:
@@ -37,13 +38,7 @@ class WorkerSettings(CommonSettings):
     @field_validator("OLLAMA_LOAD_TIMEOUT")
     @classmethod
     def _check_load_timeout(cls, value: str) -> str:
-        from corral.api.durations import DurationError, parse_env_keep_alive
-
-        try:
-            parse_env_keep_alive(value)
-        except DurationError as exc:
-            raise ValueError(exc.message) from exc
-        return value
+        return check_duration(value)
 
     @property
     def max_loaded_models(self) -> int:
@@ -59,8 +54,6 @@ class WorkerSettings(CommonSettings):
 
     @property
     def load_timeout_seconds(self) -> float:
-        from corral.api.durations import parse_env_keep_alive
-
         seconds = parse_env_keep_alive(self.OLLAMA_LOAD_TIMEOUT)
         # <= 0 means no limit in Ollama.
         return float("inf") if seconds <= 0 else seconds
