@@ -497,3 +497,30 @@ def test_legacy_embeddings_returns_one_raw_vector(http):
 
     r = post(http, "/api/embeddings", {"model": MODEL_NAME, "prompt": ""})
     assert (r.status_code, r.json()) == (200, {"embedding": []})
+
+
+def test_long_chat_history_drops_oldest_messages_to_fit_num_ctx(http):
+    """Past num_ctx, Ollama drops the oldest non-system messages and still answers the last one."""
+    turn = "Tell me about the history of lighthouses and the people who kept them running. " * 3
+    messages = [{"role": "system", "content": "You are brief."}]
+    for i in range(12):
+        messages += [{"role": "user", "content": f"{i}: {turn}"}, {"role": "assistant", "content": turn}]
+    messages.append({"role": "user", "content": "Say hi."})
+    body = {"model": "smollm2:135m", "messages": messages, "stream": False,
+            "options": {"num_ctx": 512, "num_predict": 4, "temperature": 0}}
+    r = http.post("/api/chat", json=body)
+    assert r.status_code == 200, r.text
+    count = r.json()["prompt_eval_count"]
+    assert 0 < count < 512
+
+    def prompt_tokens(kept: list[dict]) -> int:
+        wide = body | {"messages": kept, "options": {"num_ctx": 2048, "num_predict": 1, "temperature": 0}}
+        return http.post("/api/chat", json=wide).json()["prompt_eval_count"]
+
+    # Without truncation the history is far longer than the context...
+    assert prompt_tokens(messages) > 1024
+    # ...and what was sent is exactly the system message plus the newest whole messages,
+    # not a prompt cut at some token.
+    # (Each turn is ~60 tokens, so at most ~9 messages fit in 512.)
+    whole = {prompt_tokens([messages[0]] + messages[-m:]) for m in range(1, 12)}
+    assert count in whole

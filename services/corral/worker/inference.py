@@ -259,9 +259,10 @@ class Inference:
             history.insert(0, {"role": "system", "content": model.record.system})
         lease = await self._acquire(model, load, keep_alive)
         try:
-            llama = lease.runner.engine.model
-            text = model.template.render_chat(history, tools=tools, think=think)
-            tokens = llama.tokenize(text, add_special=True)
+            tokens = self._fit_chat(
+                lease.runner.engine.model, model.template, history, tools, think,
+                limit=load.num_ctx - 1, truncate=body.get("truncate", True) is not False,
+            )
             sampling = self._sampling(options, grammar)
             async for chunk in self._run(
                 lease, name, tokens, sampling, options, body, started, kind="chat", tools=tools, raw=False
@@ -269,6 +270,34 @@ class Inference:
                 yield chunk
         finally:
             lease.release()
+
+    @staticmethod
+    def _fit_chat(llama: Any, template: ChatTemplate, history: list[dict], tools: list[dict] | None,
+                  think: bool | None, *, limit: int, truncate: bool) -> list[int]:
+        """Ollama's chat truncation: drop the oldest non-system messages until the prompt fits.
+
+        System messages and the latest message always stay; fewer messages never render
+        longer, so the number to drop is found by bisection.
+        """
+        def render(drop: int) -> list[int]:
+            dropped = set(droppable[:drop])
+            kept = [m for i, m in enumerate(history) if i not in dropped]
+            return llama.tokenize(template.render_chat(kept, tools=tools, think=think), add_special=True)
+
+        droppable = [i for i, m in enumerate(history) if m.get("role") != "system"][:-1]
+        tokens = render(0)
+        if len(tokens) <= limit or not truncate or not droppable:
+            return tokens
+        low, high = 1, len(droppable)
+        best = render(high)
+        while low < high:
+            mid = (low + high) // 2
+            candidate = render(mid)
+            if len(candidate) <= limit:
+                best, high = candidate, mid
+            else:
+                low = mid + 1
+        return best
 
     @staticmethod
     def _messages(value: Any) -> list[dict[str, Any]]:
