@@ -545,3 +545,13 @@ def test_langchain_llm_invoke(worker):
     llm = OllamaLLM(model=MODEL, base_url=worker.url, temperature=0, num_predict=20)
     text = llm.invoke("The capital of France is")
     assert isinstance(text, str) and text.strip()
+
+
+def test_openai_chat_logprobs(oai):
+    response = oai.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = response.choices[0].logprobs.content
+    assert len(content) == response.usage.completion_tokens
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)
+    assert "".join(t.token for t in content) == response.choices[0].message.content

@@ -524,3 +524,33 @@ def test_long_chat_history_drops_oldest_messages_to_fit_num_ctx(http):
     # (Each turn is ~60 tokens, so at most ~9 messages fit in 512.)
     whole = {prompt_tokens([messages[0]] + messages[-m:]) for m in range(1, 12)}
     assert count in whole
+
+
+@pytest.mark.parametrize("endpoint", ["/api/generate", "/api/chat"])
+def test_logprobs_report_each_token_and_its_alternatives(http, endpoint):
+    body = {"model": "smollm2:135m", "stream": False, "logprobs": True, "top_logprobs": 3,
+            "options": {"num_predict": 6, "temperature": 0}}
+    if endpoint == "/api/generate":
+        body["prompt"] = "Name a colour."
+    else:
+        body["messages"] = [{"role": "user", "content": "Name a colour."}]
+    result = http.post(endpoint, json=body).json()
+    entries = result["logprobs"]
+    assert len(entries) == result["eval_count"]
+    text = result["response"] if endpoint == "/api/generate" else result["message"]["content"]
+    assert "".join(e["token"] for e in entries).startswith(text)
+    for entry in entries:
+        assert entry["logprob"] <= 0
+        assert bytes(entry["bytes"]).decode("utf-8", errors="replace") == entry["token"]
+        top = entry["top_logprobs"]
+        assert len(top) == 3
+        assert [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+        # Greedy decoding picks the likeliest token.
+        assert top[0]["token"] == entry["token"]
+        assert top[0]["logprob"] == pytest.approx(entry["logprob"])
+
+
+def test_logprobs_are_absent_unless_asked(http):
+    result = http.post("/api/generate", json={"model": "smollm2:135m", "prompt": "Hi", "stream": False,
+                                               "options": {"num_predict": 2}}).json()
+    assert "logprobs" not in result

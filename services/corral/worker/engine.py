@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import queue
 import threading
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp as lc
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,9 @@ class Sampling:
 class Token:
     id: int
     piece: bytes
+    # Only when the job asked for logprobs: this token's, and the top alternatives'.
+    logprob: float | None = None
+    top: list[tuple[int, float]] | None = None
 
 
 @dataclass
@@ -120,6 +125,7 @@ class GenerateJob:
     num_predict: int = -1
     num_keep: int = 4
     shift: bool = True
+    top_logprobs: int = -1  # -1: no logprobs; 0: the sampled token's only; n: plus the n likeliest
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -506,11 +512,26 @@ class Engine:
                 continue
             slot.generated += 1
             slot.last = token
-            job.emit(Token(token, self.model.piece(token)))
+            event = Token(token, self.model.piece(token))
+            if job.top_logprobs >= 0:
+                event.logprob, event.top = self._logprobs(index, token, job.top_logprobs)
+            job.emit(event)
             if 0 <= job.num_predict <= slot.generated:
                 # The last token was sampled but never decoded: not in the KV cache.
                 slot.last = None
                 self._finish(slot, self._done_event(slot, "length", last=token))
+
+    def _logprobs(self, index: int, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+        """Log-softmax of the model's raw logits at ``index`` (only for jobs that ask)."""
+        logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, index), shape=(self.model.n_vocab,))
+        peak = float(logits.max())
+        log_total = peak + math.log(float(np.exp(logits - peak).sum()))
+        best: list[tuple[int, float]] = []
+        if top > 0:
+            ids = np.argpartition(-logits, top - 1)[:top]
+            ids = ids[np.argsort(-logits[ids])]
+            best = [(int(i), float(logits[i]) - log_total) for i in ids]
+        return float(logits[token]) - log_total, best
 
     # -- embeddings ---------------------------------------------------------------------
 

@@ -370,12 +370,14 @@ class Inference:
             num_predict=int(options.get("num_predict", -1)),
             num_keep=int(options.get("num_keep", 4)),
             shift=body.get("shift", True) is not False,
+            top_logprobs=int(body.get("top_logprobs") or 0) if body.get("logprobs") else -1,
         )
         stops = options.get("stop") or []
         text = TextStream(stops)
         tool_names = {t.get("function", {}).get("name") for t in tools or [] if isinstance(t, dict)}
         holding = bool(tools)
         held = ""
+        logprobs: list[dict[str, Any]] = []  # entries for tokens not yet sent in a chunk
         first_token_at: float | None = None
         done: eng.Done | None = None
         model_label = lease.runner.name
@@ -392,6 +394,8 @@ class Inference:
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
                     self.metrics.ttft.labels(model_label).observe(first_token_at - started)
+                if ev.logprob is not None:
+                    logprobs.append(self._logprob_entry(lease, ev))
                 piece = text.feed(ev.piece)
                 if text.stopped:
                     job.cancel()
@@ -402,7 +406,10 @@ class Inference:
                             continue
                         holding = False
                         piece, held = held, ""
-                    yield self._chunk(name, kind, piece)
+                    chunk = self._chunk(name, kind, piece)
+                    if logprobs:
+                        chunk["logprobs"], logprobs = logprobs, []
+                    yield chunk
                 if text.stopped:
                     # The engine ends the job with "cancel"; from the client's view it stopped.
                     while not isinstance(ev, (eng.Done, eng.Failed)):
@@ -420,8 +427,11 @@ class Inference:
             tool_calls = parse_tool_calls(held, tool_names) if held.strip() else None
             if tool_calls is None and held:
                 rest = held
-        if rest:
-            yield self._chunk(name, kind, rest)
+        if rest or (logprobs and not tool_calls):
+            chunk = self._chunk(name, kind, rest)
+            if logprobs:
+                chunk["logprobs"], logprobs = logprobs, []
+            yield chunk
         if tool_calls:
             chunk = self._chunk(name, kind, "")
             chunk["message"]["tool_calls"] = tool_calls
@@ -451,6 +461,19 @@ class Inference:
         )
         self.metrics.tokens_out.labels(model_label).inc(stats.generated_tokens)
         yield final
+
+    @staticmethod
+    def _logprob_entry(lease: Lease, ev: eng.Token) -> dict[str, Any]:
+        llama = lease.runner.engine.model
+
+        def entry(token: int, logprob: float) -> dict[str, Any]:
+            piece = llama.piece(token)
+            return {"token": piece.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(piece)}
+
+        out = entry(ev.id, ev.logprob)
+        if ev.top:
+            out["top_logprobs"] = [entry(t, lp) for t, lp in ev.top]
+        return out
 
     @staticmethod
     def _chunk(name: str, kind: str, text: str) -> dict[str, Any]:

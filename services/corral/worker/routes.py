@@ -76,8 +76,10 @@ async def _collect(chunks: AsyncIterator[dict[str, Any]], kind: str) -> dict[str
     text: list[str] = []
     thinking: list[str] = []
     tool_calls: list[dict] = []
+    logprobs: list[dict] = []
     final: dict[str, Any] = {}
     async for chunk in chunks:
+        logprobs.extend(chunk.get("logprobs") or [])
         part = chunk.get("response", "") if kind == "generate" else chunk.get("message", {}).get("content", "")
         text.append(part)
         msg = chunk.get("message", {}) if kind == "chat" else chunk
@@ -96,6 +98,8 @@ async def _collect(chunks: AsyncIterator[dict[str, Any]], kind: str) -> dict[str
         if tool_calls:
             message["tool_calls"] = tool_calls
         final["message"] = message
+    if logprobs:
+        final["logprobs"] = logprobs
     return final
 
 
