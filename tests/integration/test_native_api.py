@@ -554,3 +554,29 @@ def test_logprobs_are_absent_unless_asked(http):
     result = http.post("/api/generate", json={"model": "smollm2:135m", "prompt": "Hi", "stream": False,
                                                "options": {"num_predict": 2}}).json()
     assert "logprobs" not in result
+
+
+def test_debug_render_only_shows_the_prompt_without_running_it(http):
+    """Ollama's _debug_render_only: the rendered prompt, with the Modelfile's system and messages."""
+    r = http.post("/api/create", json={
+        "model": "render-check", "from": "smollm2:135m", "system": "Be terse.", "stream": False,
+        "template": "{{ range .Messages }}[{{ .Role }}]{{ .Content }}\n{{ end }}[assistant]",
+        "messages": [{"role": "user", "content": "Earlier?"}, {"role": "assistant", "content": "Yes."}],
+    })
+    assert r.status_code == 200, r.text
+    try:
+        chat = http.post("/api/chat", json={"model": "render-check", "_debug_render_only": True,
+                                            "messages": [{"role": "user", "content": "Now?"}]})
+        assert chat.status_code == 200
+        assert chat.json()["_debug_info"] == {
+            "rendered_template": "[system]Be terse.\n[user]Earlier?\n[assistant]Yes.\n[user]Now?\n[assistant]",
+            "image_count": 0,
+        }
+        gen = http.post("/api/generate", json={"model": "render-check", "prompt": "Hi", "system": "Other.",
+                                               "_debug_render_only": True}).json()
+        assert gen["_debug_info"]["rendered_template"] == (
+            "[system]Other.\n[user]Earlier?\n[assistant]Yes.\n[user]Hi\n[assistant]"
+        )
+        assert gen["response"] == "" and gen["done"] is False
+    finally:
+        http.request("DELETE", "/api/delete", json={"model": "render-check"})

@@ -189,25 +189,28 @@ class Inference:
             yield await self._load_or_unload(model, load, keep_alive, {"response": ""})
             return
 
+        context = body.get("context")
+        prefix = [int(t) for t in context] if isinstance(context, list) else []
+        if raw:
+            text = prompt
+        else:
+            template = model.template
+            if body.get("template"):
+                template = ChatTemplate.build(body["template"], None)
+            system = body.get("system")
+            if system is None:
+                system = model.record.system
+            if prefix:
+                text = template.render_generate(prompt, system=None, suffix=suffix, think=think)
+            else:
+                text = self._generate_text(model, template, prompt, system, suffix, think)
+        if body.get("_debug_render_only"):
+            yield self._debug_render(name, text, len(images), {"response": ""})
+            return
+
         lease = await self._acquire(model, load, keep_alive)
         try:
-            llama = lease.runner.engine.model
-            context = body.get("context")
-            if raw:
-                tokens = llama.tokenize(prompt, add_special=True)
-            else:
-                template = model.template
-                if body.get("template"):
-                    template = ChatTemplate.build(body["template"], None)
-                system = body.get("system")
-                if system is None:
-                    system = model.record.system
-                if context:
-                    text = template.render_generate(prompt, system=None, suffix=suffix, think=think)
-                else:
-                    text = self._generate_text(model, template, prompt, system, suffix, think)
-                prefix = [int(t) for t in context] if isinstance(context, list) else []
-                tokens = prefix + llama.tokenize(text, add_special=not prefix)
+            tokens = prefix + lease.runner.engine.model.tokenize(text, add_special=not prefix)
             sampling = self._sampling(options, grammar)
             async for chunk in self._run(
                 lease, name, tokens, sampling, options, body, started, kind="generate", tools=None, raw=raw
@@ -257,6 +260,11 @@ class Inference:
         history = list(model.record.messages or []) + messages
         if model.record.system and (not history or history[0].get("role") != "system"):
             history.insert(0, {"role": "system", "content": model.record.system})
+        if body.get("_debug_render_only"):
+            text = model.template.render_chat(history, tools=tools, think=think)
+            images = sum(len(m.get("images") or []) for m in messages)
+            yield self._debug_render(name, text, images, {"message": {"role": "", "content": ""}})
+            return
         lease = await self._acquire(model, load, keep_alive)
         try:
             tokens = self._fit_chat(
@@ -341,6 +349,13 @@ class Inference:
             await self.scheduler.load(model.record, load, keep_alive)
             reason = "load"
         return self._base(model.requested) | empty | {"done": True, "done_reason": reason}
+
+    def _debug_render(self, name: str, text: str, images: int, empty: dict[str, Any]) -> dict[str, Any]:
+        """Ollama's ``_debug_render_only``: the prompt the model would see, nothing run."""
+        return self._base(name) | empty | {
+            "done": False,
+            "_debug_info": {"rendered_template": text, "image_count": images},
+        }
 
     @staticmethod
     def _base(name: str) -> dict[str, Any]:

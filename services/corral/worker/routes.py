@@ -105,7 +105,8 @@ async def _collect(chunks: AsyncIterator[dict[str, Any]], kind: str) -> dict[str
 
 async def _native(request: Request, state: WorkerState, body: dict[str, Any], kind: str) -> Response:
     run = state.inference.generate if kind == "generate" else state.inference.chat
-    if body.get("stream", True) is False:
+    # A debug render is one JSON object, as in Ollama, whatever ``stream`` says.
+    if body.get("stream", True) is False or body.get("_debug_render_only"):
         result = await until_disconnect(request, _collect(run(body), kind))
         return json_response(result)
     return ndjson_stream(await until_disconnect(request, prime(run(body))))
