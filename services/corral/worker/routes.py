@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any, TypeVar
 
@@ -165,34 +166,49 @@ async def embeddings(request: Request, state: StateDep) -> Response:
 # -- OpenAI compatible ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _OpenAIFlavour:
+    """How one /v1 completion endpoint maps onto a native one."""
+
+    struct: str
+    to_native: Callable[[Any], dict[str, Any]]
+    new_id: Callable[[], str]
+    kind: str  # the native endpoint: "chat" or "generate"
+    response: Callable[..., dict[str, Any]]
+    stream: type
+
+
+_CHAT_COMPLETIONS = _OpenAIFlavour(
+    "ChatCompletionRequest", openai.chat_request, openai.new_chat_id, "chat", openai.chat_response, openai.ChatStream
+)
+_COMPLETIONS = _OpenAIFlavour(
+    "CompletionRequest", openai.completion_request, openai.new_completion_id, "generate",
+    openai.completion_response, openai.CompletionStream,
+)
+
+
+async def _openai_completion(request: Request, state: WorkerState, flavour: _OpenAIFlavour) -> Response:
+    body = await read_json(request, struct=flavour.struct)
+    native = flavour.to_native(body)
+    run = state.inference.chat if flavour.kind == "chat" else state.inference.generate
+    model = body.get("model") or ""
+    ident, created = flavour.new_id(), int(time.time())
+    if not native.get("stream"):
+        result = await until_disconnect(request, _collect(run(native), flavour.kind))
+        return json_response(flavour.response(result, model=model, id=ident, created=created))
+    stream = flavour.stream(model=model, id=ident, created=created, include_usage=openai.include_usage(body))
+    chunks = await until_disconnect(request, prime(run(native)))
+    return sse_stream(_translate(chunks, stream.feed), stream.error)
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, state: StateDep) -> Response:
-    body = await read_json(request, struct="ChatCompletionRequest")
-    native = openai.chat_request(body)
-    model = body.get("model") or ""
-    ident, created = openai.new_chat_id(), int(time.time())
-    if not native.get("stream"):
-        result = await until_disconnect(request, _collect(state.inference.chat(native), "chat"))
-        return json_response(openai.chat_response(result, model=model, id=ident, created=created))
-    stream = openai.ChatStream(model=model, id=ident, created=created, include_usage=openai.include_usage(body))
-    chunks = await until_disconnect(request, prime(state.inference.chat(native)))
-    return sse_stream(_translate(chunks, stream.feed), stream.error)
+    return await _openai_completion(request, state, _CHAT_COMPLETIONS)
 
 
 @router.post("/v1/completions")
 async def completions(request: Request, state: StateDep) -> Response:
-    body = await read_json(request, struct="CompletionRequest")
-    native = openai.completion_request(body)
-    model = body.get("model") or ""
-    ident, created = openai.new_completion_id(), int(time.time())
-    if not native.get("stream"):
-        result = await until_disconnect(request, _collect(state.inference.generate(native), "generate"))
-        return json_response(openai.completion_response(result, model=model, id=ident, created=created))
-    stream = openai.CompletionStream(
-        model=model, id=ident, created=created, include_usage=openai.include_usage(body)
-    )
-    chunks = await until_disconnect(request, prime(state.inference.generate(native)))
-    return sse_stream(_translate(chunks, stream.feed), stream.error)
+    return await _openai_completion(request, state, _COMPLETIONS)
 
 
 async def _translate(chunks: AsyncIterator[dict[str, Any]], feed: Any) -> AsyncIterator[bytes]:
