@@ -580,3 +580,35 @@ def test_debug_render_only_shows_the_prompt_without_running_it(http):
         assert gen["response"] == "" and gen["done"] is False
     finally:
         http.request("DELETE", "/api/delete", json={"model": "render-check"})
+
+
+THINKING_TEMPLATE = (
+    "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+    "<|im_start|>assistant\n{{ if .Think }}<think>\n{{ end }}"
+)
+
+
+@pytest.fixture
+def thinking_model(http):
+    """A model whose template reads .Think (so it has the thinking capability) and prefills <think>."""
+    r = http.post("/api/create", json={"model": "thinker", "from": "smollm2:135m", "template": THINKING_TEMPLATE,
+                                       "stream": False})
+    assert r.status_code == 200, r.text
+    yield "thinker"
+    http.request("DELETE", "/api/delete", json={"model": "thinker"})
+
+
+def test_thinking_model_reasoning_goes_to_thinking(http, thinking_model):
+    assert "thinking" in http.post("/api/show", json={"model": thinking_model}).json()["capabilities"]
+    base = {"model": thinking_model, "messages": [{"role": "user", "content": "Why is the sea salty?"}],
+            "stream": False, "options": {"num_predict": 12, "temperature": 0}}
+    # Unset think on a thinking model means on: the prompt opened <think>, so the reply is reasoning.
+    on = http.post("/api/chat", json=base).json()["message"]
+    assert on["thinking"].strip() and on["content"] == ""
+    # think: false renders without the tag and the reply is plain content.
+    off = http.post("/api/chat", json=base | {"think": False}).json()["message"]
+    assert off["content"].strip() and "thinking" not in off
+    # Streaming carries the reasoning in message.thinking chunk by chunk.
+    with http.stream("POST", "/api/chat", json=base | {"stream": True}) as r:
+        chunks = [json.loads(line) for line in r.iter_lines() if line]
+    assert "".join(c["message"].get("thinking", "") for c in chunks) == on["thinking"]

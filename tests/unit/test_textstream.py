@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.worker.textstream import TextStream
+from corral.worker.textstream import TextStream, ThinkingSplitter
 
 
 def feed_all(stream: TextStream, pieces: list[bytes]) -> str:
@@ -38,3 +38,24 @@ def test_text_that_may_start_a_stop_is_held_back_until_it_cannot():
     stream = TextStream(["STOP"])
     assert stream.feed(b"go ST") == "go "
     assert stream.feed(b"ay") == "STay"
+
+
+@pytest.mark.parametrize(
+    ("pieces", "opened", "thinking", "content"),
+    [
+        (["<think>", "hmm", "</think>", "Answer"], False, "hmm", "Answer"),
+        (["<thi", "nk>a", "b</th", "ink>\n\nC"], False, "ab", "C"),
+        (["plain ", "answer"], False, "", "plain answer"),
+        (["reasoning", "</think>done"], True, "reasoning", "done"),
+        (["never closed"], True, "never closed", ""),
+    ],
+)
+def test_thinking_is_split_from_the_answer(pieces, opened, thinking, content):
+    splitter = ThinkingSplitter(opened=opened)
+    got_thinking = got_content = ""
+    for piece in pieces:
+        t, c = splitter.feed(piece)
+        got_thinking += t
+        got_content += c
+    t, c = splitter.flush()
+    assert (got_thinking + t, got_content + c) == (thinking, content)

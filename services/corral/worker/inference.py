@@ -38,7 +38,7 @@ from corral.worker.metrics import WorkerMetrics
 from corral.worker.prompt import ChatTemplate, looks_like_tool_call, parse_tool_calls
 from corral.worker.scheduler import Lease, Scheduler
 from corral.worker.settings import WorkerSettings
-from corral.worker.textstream import TextStream
+from corral.worker.textstream import TextStream, ThinkingSplitter
 
 _THINK_LEVELS = ("high", "medium", "low", "max")
 _TEMPLATE_CACHE_SIZE = 64  # one entry per distinct template text; models are few
@@ -131,6 +131,16 @@ class Inference:
         raise BadRequestError(f'invalid think value: {shown} (must be "high", "medium", "low", "max", true, or false)')
 
     @staticmethod
+    def _check_think(model: Model, name: str, think: bool | None) -> bool | None:
+        """Ollama: think on a model that can't is a 400; unset on one that can means on."""
+        capable = "thinking" in model.capabilities
+        if think and not capable:
+            raise CapabilityError(f'"{name}" does not support thinking')
+        if think is None and capable:
+            return True
+        return think
+
+    @staticmethod
     def _check_logprobs(body: dict[str, Any]) -> None:
         top = body.get("top_logprobs")
         if top is not None and (not isinstance(top, int) or not 0 <= top <= 20):
@@ -170,8 +180,7 @@ class Inference:
         think = self._think(body.get("think"))
         if "completion" not in model.capabilities:
             raise CapabilityError(f'"{name}" does not support generate')
-        if think and "thinking" not in model.capabilities:
-            raise CapabilityError(f'"{name}" does not support thinking')
+        think = self._check_think(model, name, think)
         suffix = body.get("suffix") or ""
         if suffix and "insert" not in model.capabilities:
             raise CapabilityError(f"{model.record.name.host}/{model.record.name.namespace}/"
@@ -213,7 +222,8 @@ class Inference:
             tokens = prefix + lease.runner.engine.model.tokenize(text, add_special=not prefix)
             sampling = self._sampling(options, grammar)
             async for chunk in self._run(
-                lease, name, tokens, sampling, options, body, started, kind="generate", tools=None, raw=raw
+                lease, name, tokens, sampling, options, body, started, kind="generate", tools=None, raw=raw,
+                thinking_opened=_opens_thinking(text) if think and not raw else None,
             ):
                 yield chunk
         finally:
@@ -244,8 +254,7 @@ class Inference:
         if tools and "tools" not in model.capabilities:
             n = model.record.name
             raise CapabilityError(f"{n.host}/{n.namespace}/{n.model}:{n.tag} does not support tools")
-        if think and "thinking" not in model.capabilities:
-            raise CapabilityError(f'"{name}" does not support thinking')
+        think = self._check_think(model, name, think)
         if any(m.get("images") for m in messages) and "vision" not in model.capabilities:
             raise CapabilityError(f'"{name}" does not support vision')
         options = self._options(model, body.get("options"))
@@ -267,13 +276,15 @@ class Inference:
             return
         lease = await self._acquire(model, load, keep_alive)
         try:
+            llama = lease.runner.engine.model
             tokens = self._fit_chat(
-                lease.runner.engine.model, model.template, history, tools, think,
+                llama, model.template, history, tools, think,
                 limit=load.num_ctx - 1, truncate=body.get("truncate", True) is not False,
             )
             sampling = self._sampling(options, grammar)
             async for chunk in self._run(
-                lease, name, tokens, sampling, options, body, started, kind="chat", tools=tools, raw=False
+                lease, name, tokens, sampling, options, body, started, kind="chat", tools=tools, raw=False,
+                thinking_opened=_opens_thinking(llama.detokenize(tokens[-8:])) if think else None,
             ):
                 yield chunk
         finally:
@@ -374,7 +385,11 @@ class Inference:
         kind: str,
         tools: list[dict] | None,
         raw: bool,
+        thinking_opened: bool | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
+        """Run one job and yield its chunks. ``thinking_opened`` is None unless the reply's
+        reasoning is to be split out (a thinking model, think on); then it tells whether
+        the prompt itself already opened the thinking tag."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[eng.Event] = asyncio.Queue()
         acquired = time.perf_counter()
@@ -392,6 +407,9 @@ class Inference:
         tool_names = {t.get("function", {}).get("name") for t in tools or [] if isinstance(t, dict)}
         holding = bool(tools)
         held = ""
+        splitter = None
+        if thinking_opened is not None:
+            splitter = ThinkingSplitter(opened=thinking_opened)
         logprobs: list[dict[str, Any]] = []  # entries for tokens not yet sent in a chunk
         first_token_at: float | None = None
         done: eng.Done | None = None
@@ -414,14 +432,18 @@ class Inference:
                 piece = text.feed(ev.piece)
                 if text.stopped:
                     job.cancel()
-                if piece:
-                    if holding:
-                        held += piece
-                        if looks_like_tool_call(held):
-                            continue
+                thought = ""
+                if splitter is not None and piece:
+                    thought, piece = splitter.feed(piece)
+                if piece and holding:
+                    held += piece
+                    if looks_like_tool_call(held):
+                        piece = ""
+                    else:
                         holding = False
                         piece, held = held, ""
-                    chunk = self._chunk(name, kind, piece)
+                if piece or thought:
+                    chunk = self._chunk(name, kind, piece, thought)
                     if logprobs:
                         chunk["logprobs"], logprobs = logprobs, []
                     yield chunk
@@ -435,6 +457,11 @@ class Inference:
             job.cancel()
             raise
         rest = text.flush()
+        thought = ""
+        if splitter is not None:
+            fed_thought, fed_rest = splitter.feed(rest)
+            last_thought, last_rest = splitter.flush()
+            thought, rest = fed_thought + last_thought, fed_rest + last_rest
         tool_calls = None
         if holding:
             held += rest
@@ -442,8 +469,8 @@ class Inference:
             tool_calls = parse_tool_calls(held, tool_names) if held.strip() else None
             if tool_calls is None and held:
                 rest = held
-        if rest or (logprobs and not tool_calls):
-            chunk = self._chunk(name, kind, rest)
+        if rest or thought or (logprobs and not tool_calls):
+            chunk = self._chunk(name, kind, rest, thought)
             if logprobs:
                 chunk["logprobs"], logprobs = logprobs, []
             yield chunk
@@ -491,12 +518,16 @@ class Inference:
         return out
 
     @staticmethod
-    def _chunk(name: str, kind: str, text: str) -> dict[str, Any]:
-        chunk = {"model": name, "created_at": iso_now()}
+    def _chunk(name: str, kind: str, text: str, thinking: str = "") -> dict[str, Any]:
+        chunk: dict[str, Any] = {"model": name, "created_at": iso_now()}
         if kind == "generate":
             chunk["response"] = text
+            if thinking:
+                chunk["thinking"] = thinking
         else:
             chunk["message"] = {"role": "assistant", "content": text}
+            if thinking:
+                chunk["message"]["thinking"] = thinking
         chunk["done"] = False
         return chunk
 
@@ -581,6 +612,11 @@ class Inference:
         if isinstance(result, Exception):
             raise CorralError(str(result)) from result
         return result
+
+
+def _opens_thinking(prompt_end: str) -> bool:
+    # Some templates prefill the opening tag, so the reply starts inside the reasoning.
+    return prompt_end.rstrip().endswith("<think>")
 
 
 def _normalize(vector: list[float]) -> list[float]:

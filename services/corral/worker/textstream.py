@@ -55,3 +55,55 @@ class TextStream:
                     best = n
                     break
         return best
+
+
+class ThinkingSplitter:
+    """Separates a thinking model's reasoning (``<think>…</think>``) from its answer.
+
+    Text before the closing tag is thinking when the output opens with the opening tag, or
+    when the prompt already opened it (templates that prefill ``<think>``). Tags split
+    across pieces are held back until they can be told apart from ordinary text.
+    """
+
+    def __init__(self, *, opened: bool, open_tag: str = "<think>", close_tag: str = "</think>") -> None:
+        self._open, self._close = open_tag, close_tag
+        self._state = "thinking" if opened else "start"
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, str]:
+        """(thinking, content) that can be sent now."""
+        text = self._held + text
+        self._held = ""
+        thinking = content = ""
+        if self._state == "start":
+            stripped = text.lstrip()
+            if self._open.startswith(stripped) and len(stripped) < len(self._open):
+                self._held = text  # could still become the opening tag
+                return "", ""
+            if stripped.startswith(self._open):
+                text = stripped[len(self._open) :]
+                self._state = "thinking"
+            else:
+                self._state = "content"
+        if self._state == "thinking":
+            at = text.find(self._close)
+            if at == -1:
+                keep = _partial_suffix(text, self._close)
+                thinking, self._held = text[: len(text) - keep], text[len(text) - keep :]
+                return thinking, ""
+            thinking, text = text[:at], text[at + len(self._close) :].lstrip()
+            self._state = "content"
+        content = text
+        return thinking, content
+
+    def flush(self) -> tuple[str, str]:
+        held, self._held = self._held, ""
+        return (held, "") if self._state == "thinking" else ("", held)
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0
