@@ -15,6 +15,7 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from corral.api import openai
+from corral.api import responses as openai_responses
 from corral.api.errors import BadRequestError, NotFoundError, RequestCanceledError
 from corral.api.http import check_fields, json_response, ndjson_stream, prime, read_json, sse_stream
 from corral.api.streams import format_time
@@ -209,6 +210,22 @@ async def chat_completions(request: Request, state: StateDep) -> Response:
 @router.post("/v1/completions")
 async def completions(request: Request, state: StateDep) -> Response:
     return await _openai_completion(request, state, _COMPLETIONS)
+
+
+@router.post("/v1/responses")
+async def responses(request: Request, state: StateDep) -> Response:
+    body = await read_json(request, struct="ResponsesRequest")
+    native = openai_responses.responses_request(body)
+    model = body.get("model") or ""
+    ident, created = openai_responses.new_response_id(), int(time.time())
+    if not native.get("stream"):
+        result = await until_disconnect(request, _collect(state.inference.chat(native), "chat"))
+        return json_response(
+            openai_responses.response_object(result, model=model, id=ident, created_at=created, body=body)
+        )
+    stream = openai_responses.ResponsesStream(model=model, id=ident, created_at=created, body=body)
+    chunks = await until_disconnect(request, prime(state.inference.chat(native)))
+    return sse_stream(_translate(chunks, stream.feed), stream.error)
 
 
 async def _translate(chunks: AsyncIterator[dict[str, Any]], feed: Any) -> AsyncIterator[bytes]:
