@@ -58,6 +58,16 @@ _REASONING: dict[str, bool | str] = {
 }
 
 
+def think_for_effort(effort: str) -> bool | str:
+    """OpenAI's reasoning effort as Ollama's ``think`` value."""
+    if effort not in _REASONING:
+        raise BadRequestError(
+            f"invalid reasoning value: '{effort}' "
+            '(must be "high", "medium", "low", "max", or "none")'
+        )
+    return _REASONING[effort]
+
+
 # -- ids ---------------------------------------------------------------------
 
 
@@ -258,12 +268,7 @@ def chat_request(body: Any) -> dict[str, Any]:
     # reasoning.effort wins over reasoning_effort, even when it is empty.
     effort = reasoning.string("effort") if reasoning is not None else reasoning_effort
     if effort:
-        if effort not in _REASONING:
-            raise BadRequestError(
-                f"invalid reasoning value: '{effort}' "
-                '(must be "high", "medium", "low", "max", or "none")'
-            )
-        native["think"] = _REASONING[effort]
+        native["think"] = think_for_effort(effort)
 
     if logprobs:
         native["logprobs"] = True

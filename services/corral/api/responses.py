@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from corral.api.errors import BadRequestError
-from corral.api.openai import _REASONING, _body, _Fields, _image_from_url
+from corral.api.openai import _body, _Fields, _image_from_url, think_for_effort
 from corral.api.streams import dumps
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
@@ -106,12 +106,7 @@ def responses_request(body: Any) -> dict[str, Any]:
                 raise BadRequestError(f"unsupported text.format type: '{kind}'")
     effort = reasoning.string("effort") if reasoning is not None else None
     if effort:
-        if effort not in _REASONING:
-            raise BadRequestError(
-                f"invalid reasoning value: '{effort}' "
-                '(must be "high", "medium", "low", "max", or "none")'
-            )
-        native["think"] = _REASONING[effort]
+        native["think"] = think_for_effort(effort)
     return native
 
 

@@ -14,7 +14,6 @@ import base64
 import binascii
 import math
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +40,6 @@ from corral.worker.settings import WorkerSettings
 from corral.worker.textstream import TextStream, ThinkingSplitter
 
 _THINK_LEVELS = ("high", "medium", "low", "max")
-_TEMPLATE_CACHE_SIZE = 64  # one entry per distinct template text; models are few
 
 
 @dataclass
