@@ -7,6 +7,7 @@ Statuses and error bodies are compared exactly, because Ollama clients match on 
 from __future__ import annotations
 
 import json
+import re
 import math
 import time
 import uuid
@@ -612,3 +613,48 @@ def test_thinking_model_reasoning_goes_to_thinking(http, thinking_model):
     with http.stream("POST", "/api/chat", json=base | {"stream": True}) as r:
         chunks = [json.loads(line) for line in r.iter_lines() if line]
     assert "".join(c["message"].get("thinking", "") for c in chunks) == on["thinking"]
+
+
+# Output shaped like a tool call, forced by a schema so the tiny model reliably produces one.
+TOOL_CALL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "enum": ["get_weather"]},
+        "arguments": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 12}},
+            "required": ["city"],
+        },
+    },
+    "required": ["name", "arguments"],
+}
+
+
+def test_tool_call_output_becomes_tool_calls(http, make_model):
+    """A reply that is a tool call comes back as message.tool_calls (object arguments), not content."""
+    name = make_model(template=TOOLS_TEMPLATE)
+    body = {"model": name, "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+            "tools": [WEATHER_TOOL], "format": TOOL_CALL_SCHEMA, "stream": False,
+            "options": {"temperature": 0, "num_predict": 60}}
+    message = post(http, "/api/chat", body).json()["message"]
+    assert message["content"] == ""
+    (call,) = message["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert call["function"]["index"] == 0
+    assert isinstance(call["function"]["arguments"], dict) and isinstance(call["function"]["arguments"]["city"], str)
+    assert re.fullmatch(r"call_[a-z0-9]{8}", call["id"])
+    # Streaming sends the call whole in one chunk, never as text.
+    with http.stream("POST", "/api/chat", json=body | {"stream": True}) as r:
+        chunks = [json.loads(line) for line in r.iter_lines() if line]
+    assert "".join(c["message"]["content"] for c in chunks) == ""
+    assert [c["message"]["tool_calls"][0]["function"]["name"] for c in chunks if c["message"].get("tool_calls")] == [
+        "get_weather"
+    ]
+    # The OpenAI layer gives the arguments as a JSON string and finishes with tool_calls.
+    oai = post(http, "/v1/chat/completions", {
+        "model": name, "messages": body["messages"], "tools": body["tools"], "temperature": 0, "max_tokens": 60,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "call", "schema": TOOL_CALL_SCHEMA}},
+    }).json()
+    choice = oai["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert json.loads(choice["message"]["tool_calls"][0]["function"]["arguments"])["city"]
