@@ -490,7 +490,34 @@ def _error_event(message: str) -> bytes:
     return sse_event(openai_error_body(500, message))
 
 
-class ChatStream:
+class _SSEStream:
+    """What both /v1 streams share: their identity, and ending once (done or failed)."""
+
+    def __init__(self, *, model: str, id: str, created: int, include_usage: bool) -> None:
+        self._model = model
+        self._id = id
+        self._created = created
+        self._include_usage = include_usage
+        self._finished = False
+
+    def feed(self, native_chunk: dict[str, Any]) -> list[bytes]:
+        """SSE events for one native chunk; nothing after the stream has ended."""
+        if self._finished:
+            return []
+        if "error" in native_chunk:
+            return [self.error(str(native_chunk["error"]))]
+        return self._events(native_chunk)
+
+    def error(self, message: str) -> bytes:
+        """The last event of a stream that failed after it started."""
+        self._finished = True
+        return _error_event(message)
+
+    def _events(self, native_chunk: dict[str, Any]) -> list[bytes]:
+        raise NotImplementedError
+
+
+class ChatStream(_SSEStream):
     """Native /api/chat chunks in, ``chat.completion.chunk`` SSE events out.
 
     The v0.32.6+ shape: ``role`` only in the first delta, reasoning and content
@@ -499,19 +526,11 @@ class ChatStream:
     """
 
     def __init__(self, *, model: str, id: str, created: int, include_usage: bool) -> None:
-        self._model = model
-        self._id = id
-        self._created = created
-        self._include_usage = include_usage
+        super().__init__(model=model, id=id, created=created, include_usage=include_usage)
         self._role_sent = False
         self._tool_calls_sent = False
-        self._finished = False
 
-    def feed(self, native_chunk: dict[str, Any]) -> list[bytes]:
-        if self._finished:
-            return []
-        if "error" in native_chunk:
-            return [self.error(str(native_chunk["error"]))]
+    def _events(self, native_chunk: dict[str, Any]) -> list[bytes]:
         message = native_chunk.get("message") or {}
         thinking = message.get("thinking") or ""
         content = message.get("content") or ""
@@ -538,11 +557,6 @@ class ChatStream:
                 events.append(sse_event(self._chunk([], usage=_usage(native_chunk))))
             events.append(SSE_DONE)
         return events
-
-    def error(self, message: str) -> bytes:
-        """The last event of a stream that failed after it started."""
-        self._finished = True
-        return _error_event(message)
 
     def _delta(self, delta: dict[str, Any], logprobs: list[Any] | None = None) -> bytes:
         if not self._role_sent:
@@ -649,7 +663,7 @@ def completion_response(
     }
 
 
-class CompletionStream:
+class CompletionStream(_SSEStream):
     """Native /api/generate chunks in, ``text_completion`` SSE events out.
 
     One event per native chunk, the finish reason on the last. With
@@ -657,18 +671,7 @@ class CompletionStream:
     with no choices carries the real one, as Ollama does.
     """
 
-    def __init__(self, *, model: str, id: str, created: int, include_usage: bool) -> None:
-        self._model = model
-        self._id = id
-        self._created = created
-        self._include_usage = include_usage
-        self._finished = False
-
-    def feed(self, native_chunk: dict[str, Any]) -> list[bytes]:
-        if self._finished:
-            return []
-        if "error" in native_chunk:
-            return [self.error(str(native_chunk["error"]))]
+    def _events(self, native_chunk: dict[str, Any]) -> list[bytes]:
         done = bool(native_chunk.get("done"))
         reason = native_chunk.get("done_reason") or ("stop" if done else None)
         zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
@@ -679,11 +682,6 @@ class CompletionStream:
                 events.append(sse_event(self._chunk([], _usage(native_chunk))))
             events.append(SSE_DONE)
         return events
-
-    def error(self, message: str) -> bytes:
-        """The last event of a stream that failed after it started."""
-        self._finished = True
-        return _error_event(message)
 
     def _chunk(self, choices: list[Any], usage: dict[str, int]) -> dict[str, Any]:
         chunk: dict[str, Any] = {
