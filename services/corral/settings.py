@@ -19,6 +19,7 @@ from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from corral.api.durations import DurationError, parse_env_keep_alive
+from corral.store.registry import parse_mirrors
 
 DEFAULT_PORT = 11434
 
@@ -83,6 +84,8 @@ class CommonSettings(BaseSettings):
     OLLAMA_KEEP_ALIVE: str = "5m"
     OLLAMA_DEBUG: str = ""
     CORRAL_LOG_FORMAT: str = "text"
+    # Air-gapped sites: pulls from an upstream host go to its mirror ("host=url,host=url").
+    CORRAL_REGISTRY_MIRRORS: str = ""
 
     @field_validator("*", mode="before")
     @classmethod
@@ -107,6 +110,16 @@ class CommonSettings(BaseSettings):
             raise ValueError("must be 'text' or 'json'")
         return value
 
+    @field_validator("CORRAL_REGISTRY_MIRRORS")
+    @classmethod
+    def _check_mirrors(cls, value: str) -> str:
+        parse_mirrors(value)
+        return value
+
+    @property
+    def registry_mirrors(self) -> dict[str, str]:
+        return parse_mirrors(self.CORRAL_REGISTRY_MIRRORS)
+
     @property
     def listen(self) -> HostPort:
         return parse_ollama_host(self.OLLAMA_HOST)
@@ -125,7 +138,7 @@ class CommonSettings(BaseSettings):
         shown = {}
         for key, value in self.model_dump().items():
             secret = any(word in key for word in ("PASSWORD", "TOKEN", "SECRET"))
-            if "URL" in key and isinstance(value, str) and "@" in value:
+            if isinstance(value, str) and "://" in value and "@" in value:  # credentials in a URL
                 secret = True
             shown[key] = "***" if secret and value else value
         return shown

@@ -15,6 +15,7 @@ import struct
 import threading
 from array import array
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,8 +133,35 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
             return _Reader(buf).read()
 
 
+class _Truncated(ValueError):
+    """The header goes on past the bytes we have."""
+
+
+class GGUFTruncated(GGUFError):
+    pass
+
+
+def read_gguf_prefix(fetch: Callable[[int], bytes], size: int, *, first: int = 2 << 20) -> GGUFInfo:
+    """Read a GGUF header from a file we can only fetch prefixes of (a blob in a registry).
+
+    ``fetch(n)`` returns the first ``n`` bytes. The header (vocabulary included) is a few
+    MB even for big models, so this asks for 2 MB and doubles until the header fits.
+    """
+    n = min(first, size)
+    while True:
+        data = fetch(n)
+        try:
+            if len(data) < 24:
+                raise GGUFError("invalid file magic")
+            return _Reader(data).read()
+        except GGUFTruncated:
+            if n >= size:
+                raise GGUFError("invalid GGUF file: unexpected end of file") from None
+            n = min(n * 2, size)
+
+
 class _Reader:
-    def __init__(self, buf: mmap.mmap) -> None:
+    def __init__(self, buf: mmap.mmap | bytes) -> None:
         self.buf = buf
         self.pos = 0
         self.order = "<"
@@ -169,6 +197,8 @@ class _Reader:
                 self.pos += 8  # data offset: not needed for metadata
                 tensors.append({"name": name, "type": TENSOR_TYPES.get(kind, "unknown"), "shape": shape})
                 parameters += math.prod(shape)
+        except _Truncated as exc:
+            raise GGUFTruncated(f"invalid GGUF file: {exc}") from exc
         except (struct.error, IndexError, ValueError, OverflowError, MemoryError) as exc:
             raise GGUFError(f"invalid GGUF file: {exc}") from exc
         # Ollama patches the count over whatever the file says; model_info shows it.
@@ -177,7 +207,7 @@ class _Reader:
 
     def _unpack(self, fmt: str, size: int) -> tuple:
         if self.pos + size > len(self.buf):
-            raise ValueError("unexpected end of file")
+            raise _Truncated("unexpected end of file")
         values = struct.unpack_from(self.order + fmt, self.buf, self.pos)
         self.pos += size
         return values
@@ -189,7 +219,7 @@ class _Reader:
         length = self._scalar("Q")
         end = self.pos + length
         if end > len(self.buf):
-            raise ValueError("string runs past the end of the file")
+            raise _Truncated("string runs past the end of the file")
         data = self.buf[self.pos : end]
         self.pos = end
         return data.decode("utf-8", errors="replace")
@@ -218,7 +248,7 @@ class _Reader:
         width = struct.calcsize(code)
         end = self.pos + width * count
         if end > len(self.buf):
-            raise ValueError("array runs past the end of the file")
+            raise _Truncated("array runs past the end of the file")
         if code == "?":
             values: list = [b != 0 for b in self.buf[self.pos : end]]
         else:
@@ -239,11 +269,13 @@ class _Reader:
         out = []
         append = out.append
         for _ in range(count):
+            if pos + 8 > size:
+                raise _Truncated("string runs past the end of the file")
             (length,) = unpack(buf, pos)
             pos += 8
             end = pos + length
             if end > size:
-                raise ValueError("string runs past the end of the file")
+                raise _Truncated("string runs past the end of the file")
             append(buf[pos:end].decode("utf-8", errors="replace"))
             pos = end
         self.pos = pos

@@ -14,7 +14,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.api.http import OllamaAccessMiddleware, install_error_handlers
 from corral.store.gguf import GGUFCache
+from corral.store.cache import BlobCache
 from corral.store.local import LocalStore
+from corral.store.model_store import manifest_digests
+from corral.store.oci import RegistryStore
+from corral.store.pull import Registries
+from corral.store.registry import RegistryClient
 from corral.worker.engine import Engine, LlamaModel, LoadOptions
 from corral.worker.inference import Inference
 from corral.worker.metrics import WorkerMetrics
@@ -46,6 +51,24 @@ def make_loader(settings: WorkerSettings, inspector: ModelInspector, metrics: Wo
         return await asyncio.to_thread(build)
 
     return load
+
+
+def cluster_stores(settings: WorkerSettings, local: LocalStore, registries: Registries, inspector, scheduler):
+    """(store for the API, store inference loads from): the local store twice, or in a
+    cluster the registry for the API and the local blob cache of it for loading."""
+    if not settings.CORRAL_REGISTRY_URL:
+        return local, local
+    cluster = RegistryStore(
+        settings.CORRAL_REGISTRY_URL, client=registries.client, spool_dir=settings.OLLAMA_MODELS / ".spool",
+        capabilities=inspector.capabilities,
+    )
+
+    def in_use() -> set[str]:
+        # Blobs of loaded models stay: the engine has them open.
+        return {h for runner in scheduler.runners() for h in manifest_digests(runner.record.manifest)}
+
+    cache = BlobCache(cluster, local, registries, max_bytes=settings.CORRAL_CACHE_MAX_BYTES, in_use=in_use)
+    return cluster, cache
 
 
 class RequestMetricsMiddleware:
@@ -85,9 +108,10 @@ def create_app(settings: WorkerSettings) -> FastAPI:
         settings.OLLAMA_MODELS.mkdir(parents=True, exist_ok=True)
         gguf = GGUFCache(maxsize=_GGUF_CACHE_SIZE)
         inspector = ModelInspector(gguf)
-        store = LocalStore(
+        registries = Registries(RegistryClient(), mirrors=settings.registry_mirrors)
+        local = LocalStore(
             settings.OLLAMA_MODELS, gguf_cache=gguf, capabilities=inspector.capabilities,
-            noprune=settings.OLLAMA_NOPRUNE,
+            noprune=settings.OLLAMA_NOPRUNE or bool(settings.CORRAL_REGISTRY_URL),
         )
         scheduler = Scheduler(
             loader=make_loader(settings, inspector, metrics),
@@ -98,10 +122,11 @@ def create_app(settings: WorkerSettings) -> FastAPI:
             load_timeout=settings.load_timeout_seconds,
             on_reject=metrics.rejections.inc,
         )
+        store, models = cluster_stores(settings, local, registries, inspector, scheduler)
         inference = Inference(
-            store=store, scheduler=scheduler, settings=settings, metrics=metrics, describe=inspector.describe
+            store=models, scheduler=scheduler, settings=settings, metrics=metrics, describe=inspector.describe
         )
-        app.state.worker = WorkerState(settings, store, scheduler, inference, metrics)
+        app.state.worker = WorkerState(settings, store, scheduler, inference, metrics, registries)
         try:
             yield
         finally:

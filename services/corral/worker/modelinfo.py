@@ -27,13 +27,15 @@ class ModelInspector:
             return None
         return self._gguf.read(record.model_path)
 
-    def describe(self, record: Any) -> tuple[ChatTemplate, list[str]]:
+    def describe(self, record: Any, info: Any = None) -> tuple[ChatTemplate, list[str]]:
+        """``info``: the model's GGUF header when the caller has it (a remote store has no file)."""
         key = (record.digest, record.template)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        info = self.gguf(record)
+        if info is None:
+            info = self.gguf(record)
         jinja = info.chat_template if info is not None else None
         bos = eos = ""
         if info is not None:
@@ -52,8 +54,8 @@ class ModelInspector:
             self._cache.popitem(last=False)
         return template, caps
 
-    def capabilities(self, record: Any, _info: Any = None) -> list[str]:
-        return self.describe(record)[1]
+    def capabilities(self, record: Any, info: Any = None) -> list[str]:
+        return self.describe(record, info)[1]
 
     def memory_estimate(self, record: Any, *, num_ctx: int, n_parallel: int) -> int:
         """Weights plus an f16 KV cache for every sequence: what loading will take."""

@@ -19,6 +19,7 @@ from corral.api import responses as openai_responses
 from corral.api.errors import BadRequestError, NotFoundError, RequestCanceledError
 from corral.api.http import check_fields, json_response, ndjson_stream, prime, read_json, sse_stream
 from corral.api.streams import format_time
+from corral.store.pull import pull_model, push_model
 from corral.worker.state import WorkerState
 
 OLLAMA_VERSION = "0.33.0"  # the Ollama API level we implement (ollama-api.md)
@@ -55,6 +56,8 @@ _CREATE_FIELDS = {
     "adapters": (dict, "map[string]string"), "template": _STR, "system": _STR, "parameters": _OPTIONS,
     "messages": (list, "[]api.Message"), "modelfile": _STR, "path": _STR, "quantize": _STR, "stream": _BOOL,
 }
+# `username`/`password` are deprecated and ignored, as in Ollama; still type-checked.
+_PULL_FIELDS = {"model": _STR, "name": _STR, "insecure": _BOOL, "stream": _BOOL, "username": _STR, "password": _STR}
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
@@ -294,13 +297,39 @@ async def delete(request: Request, state: StateDep) -> Response:
 async def create(request: Request, state: StateDep) -> Response:
     body = await read_json(request, struct="CreateRequest")
     check_fields(body, _CREATE_FIELDS, struct="CreateRequest")
-    progress = state.store.create(body)
+    return await _progress_response(request, body, state.store.create(body))
+
+
+@router.post("/api/pull")
+async def pull(request: Request, state: StateDep) -> Response:
+    return await _registry_transfer(request, state, "PullRequest", pull_model)
+
+
+@router.post("/api/push")
+async def push(request: Request, state: StateDep) -> Response:
+    return await _registry_transfer(request, state, "PushRequest", push_model)
+
+
+async def _registry_transfer(request: Request, state: WorkerState, struct: str, run: Callable[..., Any]) -> Response:
+    body = await read_json(request, struct=struct)
+    check_fields(body, _PULL_FIELDS, struct=struct)
+    model = body.get("model") or body.get("name")
+    progress = run(state.registries, state.store, model, insecure=bool(body.get("insecure")))
+    return await _progress_response(request, body, progress)
+
+
+async def _progress_response(request: Request, body: dict[str, Any], progress: AsyncIterator[dict]) -> Response:
+    """create/pull/push: NDJSON progress, or only the last line when ``stream`` is false."""
     if body.get("stream", True) is False:
-        last: dict[str, Any] = {}
-        async for line in progress:
-            last = line
-        return json_response(last)
-    return ndjson_stream(await prime(progress))
+
+        async def last_line() -> dict[str, Any]:
+            last: dict[str, Any] = {}
+            async for line in progress:
+                last = line
+            return last
+
+        return json_response(await until_disconnect(request, last_line()))
+    return ndjson_stream(await until_disconnect(request, prime(progress)))
 
 
 @router.head("/api/blobs/{digest}")

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from corral.api.durations import parse_env_keep_alive
 from corral.settings import CommonSettings, check_duration, default_models_dir
+from corral.store.registry import parse_registry_url
 
 
 def _cpu_count() -> int:
@@ -29,11 +30,22 @@ class WorkerSettings(CommonSettings):
     OLLAMA_FLASH_ATTENTION: bool = False
     OLLAMA_KV_CACHE_TYPE: str = Field("f16", pattern=r"^(f16|q8_0|q4_0)$")
     CORRAL_NUM_THREADS: int = Field(0, ge=0, description="llama.cpp threads; 0 means every usable core")
+    CORRAL_REGISTRY_URL: str = Field(
+        "", description="the cluster's model registry; set, OLLAMA_MODELS becomes a cache of it"
+    )
+    CORRAL_CACHE_MAX_BYTES: int = Field(0, ge=0, description="bound on the blob cache; 0 means unbounded")
 
     @field_validator("OLLAMA_MODELS", mode="after")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("CORRAL_REGISTRY_URL")
+    @classmethod
+    def _check_registry_url(cls, value: str) -> str:
+        if value:
+            parse_registry_url(value)
+        return value
 
     @field_validator("OLLAMA_LOAD_TIMEOUT")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from corral.store.pull import Registries
 from corral.worker.inference import Inference
 from corral.worker.metrics import WorkerMetrics
 from corral.worker.scheduler import Scheduler
@@ -18,6 +19,7 @@ class WorkerState:
     scheduler: Scheduler
     inference: Inference
     metrics: WorkerMetrics
+    registries: Registries
 
     def refresh_gauges(self) -> None:
         """Point-in-time gauges, read from the scheduler when Prometheus scrapes."""
