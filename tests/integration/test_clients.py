@@ -23,7 +23,8 @@ from langchain_ollama import ChatOllama, OllamaEmbeddings, OllamaLLM
 from openai import AsyncOpenAI, OpenAI
 from pydantic import BaseModel, Field
 
-from tests.conftest import MODEL_NAME
+from tests.conftest import MODEL_NAME, start_worker
+from tests.registries import RegistryServer, seed_model
 
 MODEL = MODEL_NAME
 SHORT = {"num_predict": 8, "temperature": 0}
@@ -291,14 +292,37 @@ def test_ollama_unknown_model_raises_response_error_404(client, call, message):
     assert str(err.value) == f"{message} (status code: 404)"
 
 
-@pytest.mark.skip(reason="/api/pull is not implemented in Corral yet")
-def test_ollama_pull(client):
-    assert client.pull(MODEL).status == "success"
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory, gguf_path) -> Iterator[ollama.Client]:
+    """A worker whose default registry (registry.ollama.ai, unreachable here) is a local mirror
+    holding the test model, so ``pull``/``push`` run as users write them."""
+    tmp = tmp_path_factory.mktemp("mirrored")
+    with RegistryServer(tmp / "registry") as library:
+        seed_model(library, "library/smollm2", "135m", gguf=gguf_path)
+        proc = start_worker(tmp, {"CORRAL_REGISTRY_MIRRORS": f"registry.ollama.ai={library.url}",
+                                  "CORRAL_NUM_THREADS": "1"})
+        try:
+            with ollama.Client(host=proc.url, timeout=120) as c:
+                yield c
+        finally:
+            proc.stop()
 
 
-@pytest.mark.skip(reason="/api/push is not implemented in Corral yet")
-def test_ollama_push(client):
-    assert client.push(MODEL).status == "success"
+def test_ollama_pull(mirrored):
+    assert mirrored.pull(MODEL).status == "success"
+    statuses = [part.status for part in mirrored.pull(MODEL, stream=True)]
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    assert [m.model for m in mirrored.list().models] == [MODEL]
+
+
+def test_ollama_push(mirrored):
+    mirrored.pull(MODEL)
+    mirrored.copy(MODEL, "smollm2:pushed")
+    parts = list(mirrored.push("smollm2:pushed", stream=True))
+    assert parts[0].status == "retrieving manifest" and parts[-1].status == "success"
+    # Pull it back under that name after deleting it here: it round-tripped through the registry.
+    mirrored.delete("smollm2:pushed")
+    assert mirrored.pull("smollm2:pushed").status == "success"
 
 
 # -- openai-python ------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import ollama
 import pytest
 
 from tests.conftest import WorkerProcess, import_model, start_worker
+from tests.registries import RegistryServer, seed_model
 
 GUIDE_MODELS = ("llama3.2", "nomic-embed-text")
 REPLY_LIMIT = 24  # num_predict baked into llama3.2, so unbounded samples stay short
@@ -57,15 +58,26 @@ def create_llama(url: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def guide(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path, gguf_digest: str) -> Iterator[WorkerProcess]:
-    """A worker of our own, with the guide's model names made from the test model."""
-    proc = start_worker(tmp_path_factory.mktemp("guide"))
+def library(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path) -> Iterator[RegistryServer]:
+    """A local stand-in for registry.ollama.ai (unreachable here) holding the guide's pulls."""
+    with RegistryServer(tmp_path_factory.mktemp("library")) as server:
+        seed_model(server, "library/qwen3", "7b", gguf=gguf_path)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def guide(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path, gguf_digest: str, library) -> Iterator[WorkerProcess]:
+    """A worker of our own, with the guide's model names made from the test model; pulls from
+    the default registry go to the local stand-in through the mirror setting."""
+    proc = start_worker(
+        tmp_path_factory.mktemp("guide"), {"CORRAL_REGISTRY_MIRRORS": f"registry.ollama.ai={library.url}"}
+    )
     try:
         import_model(proc.url, gguf_path, gguf_digest)
         create_llama(proc.url)
         create_from(proc.url, "nomic-embed-text")
         yield proc
-        for name in (*GUIDE_MODELS, "my-custom-llama", "my-devops-model"):
+        for name in (*GUIDE_MODELS, "my-custom-llama", "my-devops-model", "qwen3:7b"):
             delete_model(proc.url, name)
     finally:
         proc.stop()
@@ -102,11 +114,14 @@ def test_verify_server_is_running(curl):
     assert r.text == "Ollama is running"
 
 
-@pytest.mark.skip(reason="/api/pull is not implemented in Corral yet")
 def test_pull_a_model(curl):
     # ollama pull llama3.2 / curl http://localhost:11434/api/pull -d '{"model": "qwen3:7b", "stream": false}'
     r = curl.post("/api/pull", content='{"model": "qwen3:7b", "stream": false}', headers=FORM)
     assert r.status_code == 200 and r.json() == {"status": "success"}
+    assert "qwen3:7b" in [m["name"] for m in curl.get("/api/tags").json()["models"]]
+    r = curl.post("/api/generate", json={"model": "qwen3:7b", "prompt": "Hi", "stream": False,
+                                         "options": {"num_predict": 4}})
+    assert r.status_code == 200 and r.json()["response"]
 
 
 # -- The native REST API ---------------------------------------------------------------------------

