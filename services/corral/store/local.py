@@ -192,7 +192,7 @@ class LocalStore(ModelStore):
         return f"{self.blobs_dir} {layer.hex}"
 
     async def has_layer(self, name: ModelName, layer: Layer) -> bool:
-        return await asyncio.to_thread((self.blobs_dir / f"sha256-{layer.hex}").is_file)
+        return await asyncio.to_thread(PartialFile(self.blobs_dir, layer.hex, layer.size).complete)
 
     def receive(self, name: ModelName, layer: Layer, source: Source, transfer: Transfer) -> None:
         """Download one layer into ``blobs/`` (blocking): resumable, verified, renamed into place."""
