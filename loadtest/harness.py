@@ -1,0 +1,271 @@
+"""What the load tests in this folder share: time limits, statistics, machine facts, child processes.
+
+``bench_worker.py`` and ``bench_pull.py`` import it as ``harness``; run as
+``.venv/bin/python loadtest/bench_*.py`` from the repository root, Python puts this folder on
+``sys.path`` first, and each script also inserts it, so that importing them from elsewhere works.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 60.0  # a registry or worker starting up
+
+
+# -- time limits --------------------------------------------------------------------------
+
+
+class OutOfTime(Exception):
+    """A phase ran past its own time limit or past --max-seconds."""
+
+
+class Deadline:
+    """The whole run's time limit (--max-seconds); each phase asks it for its own."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self, cap: float) -> float:
+        """``cap`` seconds, or fewer if the run has fewer left; OutOfTime when it has none."""
+        left = self.end - time.monotonic()
+        if left <= 1:
+            raise OutOfTime("ran past --max-seconds")
+        return min(cap, left)
+
+
+def _raise_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that try/finally stops the child processes on it too."""
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+
+
+# -- statistics and formatting --------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def best(values) -> float:
+    """The largest value (the least disturbed run: interference only slows runs down), or nan."""
+    values = list(values)
+    return max(values) if values else float("nan")
+
+
+def fmt(x: float, digits: int = 1) -> str:
+    return "n/a" if x != x else f"{x:.{digits}f}"
+
+
+def samples(values: list[float], digits: int = 1) -> str:
+    return ", ".join(fmt(v, digits) for v in values) or "n/a"
+
+
+# -- the machine ----------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def mem_total() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, ValueError):
+        pass
+    return "RAM unknown"
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def cpu_pressure() -> float | None:
+    """PSI 'some' avg10 for the CPU: % of the last 10 s in which a runnable task waited."""
+    try:
+        for line in Path("/proc/pressure/cpu").read_text().splitlines():
+            if line.startswith("some"):
+                return float(line.split("avg10=")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+def machine() -> dict:
+    """The first fields of a report's ``meta``: date, nproc, cpu, mem, os, python."""
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu_model(),
+        "mem": mem_total(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+
+
+# -- child processes ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_group(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a process started with start_new_session=True, and everything in its group."""
+    if proc.poll() is None:
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    else:  # the leader is gone; children in its group may not be
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class Service:
+    """An HTTP server in a child process on loopback ``port``: its own session, output in ``log_path``."""
+
+    name = "service"  # for error messages
+    ready_path = "/"  # answers 200 once the server is up
+
+    def __init__(self, cmd: list[str], port: int, log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return "(no log)"
+
+    def wait_ready(self, deadline: Deadline) -> None:
+        """Poll ``GET ready_path`` until it answers 200 (RuntimeError if the process exits or it takes too long)."""
+        path = self.ready_path
+        end = time.monotonic() + deadline.left(START_TIMEOUT_S)
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+            try:
+                conn.request("GET", path)
+                if conn.getresponse().status == 200:
+                    return
+            except (OSError, http.client.HTTPException):
+                pass
+            finally:
+                conn.close()
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not answer GET {path} within {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM to the whole group, SIGKILL after 20 s; safe to call when it has already exited."""
+        kill_group(self.process, timeout=20)
+        self._log.close()
+
+
+class Worker(Service):
+    """A real ``corral worker`` on a free loopback port with a fresh store in ``tmp/models``.
+
+    ``env`` adds to this process's environment (OLLAMA_HOST, OLLAMA_MODELS and PYTHONPATH are set
+    here); a value of None removes that variable.
+    """
+
+    name = "worker"
+
+    def __init__(self, tmp: Path, env: dict[str, str | None]) -> None:
+        port = free_port()
+        self.models = tmp / "models"
+        full = {
+            **os.environ,
+            "OLLAMA_HOST": f"127.0.0.1:{port}",
+            "OLLAMA_MODELS": str(self.models),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "services"), os.environ.get("PYTHONPATH")])),
+        }
+        for key, value in env.items():
+            if value is None:
+                full.pop(key, None)
+            else:
+                full[key] = value
+        entry = Path(sys.executable).parent / "corral"
+        cmd = [str(entry), "worker"] if entry.exists() else [sys.executable, "-m", "corral.cli", "worker"]
+        self.command = " ".join(Path(cmd[0]).name if i == 0 else c for i, c in enumerate(cmd))
+        super().__init__(cmd, port, tmp / "worker.log", env=full, cwd=ROOT)
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def banners(meta: dict, problems: list[str], problems_head: str, busy_head: str) -> list[str]:
+    """The quoted notes a report opens with: incomplete run, ``problems``, ``meta['busy']``."""
+    out = []
+    if meta.get("incomplete"):
+        out.append(f"> **INCOMPLETE RUN**: {meta['incomplete']}; what was measured before that is below, "
+                   "anything missing reads n/a.\n")
+    for head, items in ((problems_head, problems[:20]), (busy_head, meta["busy"][:12])):
+        if items:
+            out.append(f"> {head}:\n>")
+            out.extend(f"> - {item}" for item in items)
+            out.append("")
+    return out
+
+
+def save(report: str, out: Path, json_path: Path | None, raw: dict) -> None:
+    """Write the Markdown report (and ``raw`` as JSON when asked for), then print the report."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(raw, indent=2))
+    print()
+    print(report)
+
+
+def exit_status(meta: dict, problems: list[str]) -> int:
+    """3 when the run gave up (partial report), 1 when something went wrong, else 0."""
+    if "incomplete" in meta:
+        return 3
+    return 1 if problems else 0
