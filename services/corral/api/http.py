@@ -9,20 +9,21 @@ event instead of a status code.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import ipaddress
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from corral.api.errors import BadRequestError, CorralError, error_body
+from corral.api.errors import BadRequestError, CorralError, RequestCanceledError, error_body
 from corral.api.streams import ndjson_line
 
 logger = logging.getLogger(__name__)
@@ -297,3 +298,26 @@ class OllamaAccessMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_cors)
+
+
+T = TypeVar("T")
+
+# Field types as Go's decoder checks them: (JSON type, Go type name for the error message).
+GO_STRING, GO_BOOL, GO_INT = (str, "string"), (bool, "bool"), (int, "int")
+GO_OPTIONS = (dict, "map[string]interface {}")
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``, cancelling it if the client goes away first (queued or generating)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise RequestCanceledError()
+    finally:
+        if not task.done():
+            task.cancel()

@@ -294,6 +294,18 @@ def _shortest_float32(value: float) -> float:
     return value
 
 
+def kv_cache_bytes(info: GGUFInfo, *, num_ctx: int, n_parallel: int) -> int:
+    """An f16 KV cache for ``n_parallel`` sequences of ``num_ctx`` tokens: what loading adds
+    to the weights. Shared by the worker (what it loads) and the router (where it fits)."""
+    arch = info.architecture
+    kv = info.kv
+    layers = int(kv.get(f"{arch}.block_count") or 0)
+    embd = int(kv.get(f"{arch}.embedding_length") or 0)
+    heads = int(kv.get(f"{arch}.attention.head_count") or 1) or 1
+    kv_heads = int(kv.get(f"{arch}.attention.head_count_kv") or heads)
+    return 2 * layers * num_ctx * n_parallel * (embd * kv_heads // heads) * 2
+
+
 def human_number(n: int) -> str:
     """Ollama's ``format.HumanNumber``: 134515008 -> "134.52M", 8030261248 -> "8.0B"."""
     if n >= 1_000_000_000:

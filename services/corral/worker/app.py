@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 from fastapi import FastAPI
@@ -19,11 +19,13 @@ from corral.store.local import LocalStore
 from corral.store.model_store import manifest_digests
 from corral.store.oci import RegistryStore
 from corral.store.pull import Registries
+from corral.store.routes import router as models_router
 from corral.store.registry import RegistryClient
 from corral.worker.engine import Engine, LlamaModel, LoadOptions
 from corral.worker.inference import Inference
 from corral.worker.metrics import WorkerMetrics
 from corral.worker.modelinfo import ModelInspector
+from corral.worker.registration import Registration
 from corral.worker.routes import router
 from corral.worker.scheduler import Loaded, Scheduler
 from corral.worker.settings import WorkerSettings
@@ -101,7 +103,11 @@ class RequestMetricsMiddleware:
 
 
 def create_app(settings: WorkerSettings) -> FastAPI:
+    """The worker's app. With REDIS_URL, ``app.state.registration`` is its membership of the
+    cluster: ``WorkerServer`` (``corral worker``) starts it once listening and drains it on
+    SIGTERM; the lifespan owns it and deregisters at the end."""
     metrics = WorkerMetrics()
+    registration = Registration(settings) if settings.REDIS_URL else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -126,15 +132,18 @@ def create_app(settings: WorkerSettings) -> FastAPI:
         inference = Inference(
             store=models, scheduler=scheduler, settings=settings, metrics=metrics, describe=inspector.describe
         )
-        app.state.worker = WorkerState(settings, store, scheduler, inference, metrics, registries)
+        app.state.worker = app.state.models = WorkerState(settings, store, scheduler, inference, metrics, registries)
         try:
-            yield
+            async with registration or nullcontext():  # on the way out, requests have drained
+                yield
         finally:
             await scheduler.close()
 
     app = FastAPI(title="Corral worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.registration = registration
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(models_router)
     listen = settings.listen
     app.add_middleware(
         OllamaAccessMiddleware,

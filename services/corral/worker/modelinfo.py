@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from corral.store.gguf import kv_cache_bytes
 from corral.worker.prompt import ChatTemplate
 
 _CACHE_SIZE = 64  # distinct models described; each entry holds one parsed template
@@ -63,11 +64,4 @@ class ModelInspector:
         info = self.gguf(record)
         if info is None:
             return weights
-        arch = info.architecture
-        kv = info.kv
-        layers = int(kv.get(f"{arch}.block_count") or 0)
-        embd = int(kv.get(f"{arch}.embedding_length") or 0)
-        heads = int(kv.get(f"{arch}.attention.head_count") or 1) or 1
-        kv_heads = int(kv.get(f"{arch}.attention.head_count_kv") or heads)
-        kv_bytes = 2 * layers * num_ctx * n_parallel * (embd * kv_heads // heads) * 2
-        return weights + kv_bytes
+        return weights + kv_cache_bytes(info, num_ctx=num_ctx, n_parallel=n_parallel)

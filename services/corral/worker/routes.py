@@ -1,14 +1,16 @@
-"""The worker's HTTP routes: parse, call, map. The work happens in inference and the store."""
+"""The worker's HTTP routes: parse, call, map. The work happens in inference and the store.
+
+Model management (tags, show, create, pull...) is ``corral.store.routes``, shared with the router.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response
@@ -16,15 +18,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from corral.api import openai
 from corral.api import responses as openai_responses
-from corral.api.errors import BadRequestError, NotFoundError, RequestCanceledError
-from corral.api.http import check_fields, json_response, ndjson_stream, prime, read_json, sse_stream
+from corral.api.http import (
+    GO_BOOL,
+    GO_INT,
+    GO_OPTIONS,
+    GO_STRING,
+    check_fields,
+    json_response,
+    ndjson_stream,
+    prime,
+    read_json,
+    sse_stream,
+    until_disconnect,
+)
 from corral.api.streams import format_time
-from corral.store.pull import pull_model, push_model
 from corral.worker.state import WorkerState
 
 OLLAMA_VERSION = "0.33.0"  # the Ollama API level we implement (ollama-api.md)
-
-T = TypeVar("T")
 
 
 def get_state(request: Request) -> WorkerState:
@@ -34,9 +44,7 @@ def get_state(request: Request) -> WorkerState:
 StateDep = Annotated[WorkerState, Depends(get_state)]
 router = APIRouter()
 
-# Field types as Go's decoder checks them: (JSON type, Go type name for the error message).
-_STR, _BOOL, _INT = (str, "string"), (bool, "bool"), (int, "int")
-_OPTIONS = (dict, "map[string]interface {}")
+_STR, _BOOL, _INT, _OPTIONS = GO_STRING, GO_BOOL, GO_INT, GO_OPTIONS
 _GENERATE_FIELDS = {
     "model": _STR, "prompt": _STR, "suffix": _STR, "system": _STR, "template": _STR, "context": (list, "[]int"),
     "stream": _BOOL, "raw": _BOOL, "images": (list, "[]api.ImageData"), "options": _OPTIONS,
@@ -48,32 +56,6 @@ _CHAT_FIELDS = {
 }
 _EMBED_FIELDS = {"model": _STR, "truncate": _BOOL, "dimensions": _INT, "options": _OPTIONS}
 _EMBEDDING_FIELDS = {"model": _STR, "prompt": _STR, "options": _OPTIONS}
-_SHOW_FIELDS = {"model": _STR, "name": _STR, "verbose": _BOOL}
-_COPY_FIELDS = {"source": _STR, "destination": _STR}
-_DELETE_FIELDS = {"model": _STR, "name": _STR}
-_CREATE_FIELDS = {
-    "model": _STR, "name": _STR, "from": _STR, "files": (dict, "map[string]string"),
-    "adapters": (dict, "map[string]string"), "template": _STR, "system": _STR, "parameters": _OPTIONS,
-    "messages": (list, "[]api.Message"), "modelfile": _STR, "path": _STR, "quantize": _STR, "stream": _BOOL,
-}
-# `username`/`password` are deprecated and ignored, as in Ollama; still type-checked.
-_PULL_FIELDS = {"model": _STR, "name": _STR, "insecure": _BOOL, "stream": _BOOL, "username": _STR, "password": _STR}
-
-
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``, cancelling it if the client goes away first (queued or generating)."""
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.25)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                raise RequestCanceledError()
-    finally:
-        if not task.done():
-            task.cancel()
 
 
 async def _collect(chunks: AsyncIterator[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -243,108 +225,6 @@ async def openai_embeddings(request: Request, state: StateDep) -> Response:
     native, encoding = openai.embedding_request(body)
     result = await until_disconnect(request, state.inference.embed(native))
     return json_response(openai.embedding_response(result, model=body.get("model") or "", encoding_format=encoding))
-
-
-@router.get("/v1/models")
-async def openai_models(state: StateDep) -> Response:
-    return json_response(openai.model_list(await state.store.tags()))
-
-
-@router.get("/v1/models/{model:path}")
-async def openai_model(model: str, state: StateDep) -> Response:
-    for entry in await state.store.tags():
-        if model in (entry["name"], entry["model"]) or entry["name"] == f"{model}:latest":
-            return json_response(openai.model_object(entry, id=model))
-    raise NotFoundError(f"model '{model}' not found")
-
-
-# -- model management ------------------------------------------------------------------------
-
-
-@router.api_route("/api/tags", methods=["GET", "HEAD"])
-async def tags(state: StateDep) -> Response:
-    return json_response({"models": await state.store.tags()})
-
-
-@router.post("/api/show")
-async def show(request: Request, state: StateDep) -> Response:
-    body = await read_json(request, struct="ShowRequest")
-    check_fields(body, _SHOW_FIELDS, struct="ShowRequest")
-    name = body.get("model") or body.get("name")
-    if not name:
-        raise BadRequestError("model is required")
-    return json_response(await state.store.show(name, verbose=bool(body.get("verbose"))))
-
-
-@router.post("/api/copy")
-async def copy(request: Request, state: StateDep) -> Response:
-    body = await read_json(request, struct="CopyRequest")
-    check_fields(body, _COPY_FIELDS, struct="CopyRequest")
-    await state.store.copy(body.get("source") or "", body.get("destination") or "")
-    return Response(status_code=200)
-
-
-@router.delete("/api/delete")
-async def delete(request: Request, state: StateDep) -> Response:
-    body = await read_json(request, struct="DeleteRequest")
-    check_fields(body, _DELETE_FIELDS, struct="DeleteRequest")
-    name = body.get("model") or body.get("name") or ""
-    await state.store.delete(name)
-    return Response(status_code=200)
-
-
-@router.post("/api/create")
-async def create(request: Request, state: StateDep) -> Response:
-    body = await read_json(request, struct="CreateRequest")
-    check_fields(body, _CREATE_FIELDS, struct="CreateRequest")
-    return await _progress_response(request, body, state.store.create(body))
-
-
-@router.post("/api/pull")
-async def pull(request: Request, state: StateDep) -> Response:
-    return await _registry_transfer(request, state, "PullRequest", pull_model)
-
-
-@router.post("/api/push")
-async def push(request: Request, state: StateDep) -> Response:
-    return await _registry_transfer(request, state, "PushRequest", push_model)
-
-
-async def _registry_transfer(request: Request, state: WorkerState, struct: str, run: Callable[..., Any]) -> Response:
-    body = await read_json(request, struct=struct)
-    check_fields(body, _PULL_FIELDS, struct=struct)
-    model = body.get("model") or body.get("name")
-    progress = run(state.registries, state.store, model, insecure=bool(body.get("insecure")))
-    return await _progress_response(request, body, progress)
-
-
-async def _progress_response(request: Request, body: dict[str, Any], progress: AsyncIterator[dict]) -> Response:
-    """create/pull/push: NDJSON progress, or only the last line when ``stream`` is false."""
-    if body.get("stream", True) is False:
-
-        async def last_line() -> dict[str, Any]:
-            last: dict[str, Any] = {}
-            async for line in progress:
-                last = line
-            return last
-
-        return json_response(await until_disconnect(request, last_line()))
-    return ndjson_stream(await until_disconnect(request, prime(progress)))
-
-
-@router.head("/api/blobs/{digest}")
-async def blob_exists(digest: str, state: StateDep) -> Response:
-    if await state.store.has_blob(digest):
-        return Response(status_code=200)
-    raise NotFoundError(f'blob "{digest}" not found')
-
-
-@router.post("/api/blobs/{digest}")
-async def blob_upload(digest: str, request: Request, state: StateDep) -> Response:
-    if await state.store.has_blob(digest):
-        return Response(status_code=200)
-    created = await state.store.write_blob(digest, request.stream())
-    return Response(status_code=201 if created else 200)
 
 
 @router.get("/api/ps")
