@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from pydantic import ValidationError
@@ -22,11 +23,16 @@ def _settings_or_exit(cls: type):
         raise SystemExit(2) from None
 
 
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def run_worker(_args: argparse.Namespace) -> None:
     import uvicorn
 
     from corral.logs import configure_logging
     from corral.worker.app import create_app
+    from corral.worker.registration import WorkerServer
     from corral.worker.settings import WorkerSettings
 
     settings = _settings_or_exit(WorkerSettings)
@@ -34,14 +40,26 @@ def run_worker(_args: argparse.Namespace) -> None:
     logger.info("worker configuration: %s", settings.redacted())
     listen = settings.listen
     logger.info("Listening on %s:%d", listen.host, listen.port)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=listen.host,
         port=listen.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.drain_timeout_seconds,
     )
+    server = WorkerServer(config, app.state.registration)
+    # uvicorn handles SIGTERM itself while it serves, and once it has shut down gracefully it
+    # raises the signal again for the handler that was there before: this one. Requests have
+    # drained and the worker has left the cluster by then, so SIGTERM ends it with status 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # SIGINT, raised again the same way (as uvicorn.run does)
+        pass
+    if not server.started:
+        raise SystemExit(3)  # uvicorn's status for a failed start-up
 
 
 def main(argv: list[str] | None = None) -> None:

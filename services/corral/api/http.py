@@ -15,13 +15,14 @@ import ipaddress
 import json
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.api.errors import BadRequestError, CorralError, RequestCanceledError, error_body
 from corral.api.streams import ndjson_line
@@ -321,3 +322,34 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     finally:
         if not task.done():
             task.cancel()
+
+
+class RequestMetricsMiddleware:
+    """Counts every request by route template and status (not raw path: bounded labels)."""
+
+    def __init__(self, app: ASGIApp, metrics: Any) -> None:
+        # metrics: anything with a ``requests`` counter (route, status) and a
+        # ``request_seconds`` histogram (route): the worker's and the router's.
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(label, str(status)).inc()
+            self.metrics.request_seconds.labels(label).observe(time.perf_counter() - started)

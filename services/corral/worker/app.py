@@ -10,9 +10,8 @@ from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from corral.api.http import OllamaAccessMiddleware, install_error_handlers
+from corral.api.http import OllamaAccessMiddleware, RequestMetricsMiddleware, install_error_handlers
 from corral.store.gguf import GGUFCache
 from corral.store.cache import BlobCache
 from corral.store.local import LocalStore
@@ -71,35 +70,6 @@ def cluster_stores(settings: WorkerSettings, local: LocalStore, registries: Regi
 
     cache = BlobCache(cluster, local, registries, max_bytes=settings.CORRAL_CACHE_MAX_BYTES, in_use=in_use)
     return cluster, cache
-
-
-class RequestMetricsMiddleware:
-    """Counts every request by route template and status (not raw path: bounded labels)."""
-
-    def __init__(self, app: ASGIApp, metrics: WorkerMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def record_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record_status)
-        finally:
-            route = scope.get("route")
-            label = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(label, str(status)).inc()
-            self.metrics.request_seconds.labels(label).observe(time.perf_counter() - started)
 
 
 def create_app(settings: WorkerSettings) -> FastAPI:

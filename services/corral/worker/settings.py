@@ -2,14 +2,89 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import secrets
+import socket
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from corral.api.durations import parse_env_keep_alive
-from corral.settings import CommonSettings, check_duration, default_models_dir
+from corral.settings import CommonSettings, HostPort, check_duration, default_models_dir
 from corral.store.registry import parse_registry_url
+
+# CORRAL_WORKER_MEMORY units: SI (k, M, G, T; "B" optional) and binary (Ki, Mi, Gi, Ti; "B" optional).
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)")
+_SIZE_UNITS = {"": 1, "b": 1} | {
+    prefix + suffix: base**power
+    for power, prefix in enumerate("kmgt", 1)
+    for suffix, base in (("", 1000), ("b", 1000), ("i", 1024), ("ib", 1024))
+}
+_WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+
+
+def parse_size(text: str) -> int:
+    """Bytes for ``8GiB``, ``512MB``, ``1.5G``, ``1073741824`` (k/M/G/T are powers of 1000,
+    Ki/Mi/Gi/Ti of 1024; a trailing ``B`` and the case of the unit don't matter)."""
+    match = _SIZE.fullmatch(text.strip())
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _SIZE_UNITS:
+        raise ValueError(f"expected bytes or a size like 8GiB or 512MB, got {text!r}")
+    size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"must be more than 0 bytes, got {text!r}")
+    return size
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``CORRAL_WORKER_LABELS``: ``key=value[,key=value...]``; a value may be empty."""
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not _LABEL_KEY.fullmatch(key):
+            raise ValueError(f"expected key=value, got {item!r}")
+        if key in labels:
+            raise ValueError(f"label {key!r} given twice")
+        labels[key] = value.strip()
+    return labels
+
+
+def primary_host() -> str:
+    """This host's address on its default route (found without sending a packet), else its name."""
+    for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((probe, 9))
+                return s.getsockname()[0]
+        except OSError:
+            continue
+    return socket.gethostname()
+
+
+def advertised_url(listen: HostPort) -> str:
+    """Where routers reach a worker listening on ``listen``: the same address, except that
+    "every interface" (0.0.0.0, ::) becomes this host's primary address."""
+    host = primary_host() if listen.host in ("0.0.0.0", "::", "") else listen.host
+    return HostPort(listen.scheme, host, listen.port).url
+
+
+def _parse_redis_url(url: str) -> dict:
+    from redis.connection import parse_url
+
+    return parse_url(url)
+
+
+# Variables read through a parser: parsed once at start-up too, so a bad value stops it.
+_PARSED = {
+    "CORRAL_REGISTRY_URL": parse_registry_url,
+    "REDIS_URL": _parse_redis_url,
+    "CORRAL_WORKER_MEMORY": parse_size,
+    "CORRAL_WORKER_LABELS": parse_labels,
+}
 
 
 def _cpu_count() -> int:
@@ -34,23 +109,59 @@ class WorkerSettings(CommonSettings):
         "", description="the cluster's model registry; set, OLLAMA_MODELS becomes a cache of it"
     )
     CORRAL_CACHE_MAX_BYTES: int = Field(0, ge=0, description="bound on the blob cache; 0 means unbounded")
+    # Cluster membership: with REDIS_URL the worker registers there (corral.worker.registration).
+    REDIS_URL: str = Field("", description="the cluster's Redis; set, the worker registers itself there")
+    CORRAL_WORKER_ID: str = Field("", description="this worker's id in the cluster; default host-port-random")
+    CORRAL_WORKER_URL: str = Field("", description="where routers reach this worker; default from OLLAMA_HOST")
+    CORRAL_WORKER_MEMORY: str = Field("", description="bytes for models (8GiB, 512MB); default detected")
+    CORRAL_WORKER_LABELS: str = Field("", description="key=value[,key=value...] for placement")
+    CORRAL_DRAIN_TIMEOUT: str = Field("30s", description="on SIGTERM, how long requests in flight may finish")
+    # CUDA's own variable, read here only to count the memory of the GPUs llama.cpp will see.
+    CUDA_VISIBLE_DEVICES: str | None = None
 
     @field_validator("OLLAMA_MODELS", mode="after")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
-    @field_validator("CORRAL_REGISTRY_URL")
+    @field_validator(*_PARSED)
     @classmethod
-    def _check_registry_url(cls, value: str) -> str:
+    def _check_parses(cls, value: str, info: ValidationInfo) -> str:
         if value:
-            parse_registry_url(value)
+            _PARSED[info.field_name](value)
         return value
 
     @field_validator("OLLAMA_LOAD_TIMEOUT")
     @classmethod
     def _check_load_timeout(cls, value: str) -> str:
         return check_duration(value)
+
+    @field_validator("CORRAL_WORKER_ID")
+    @classmethod
+    def _check_worker_id(cls, value: str) -> str:
+        if value and not _WORKER_ID.fullmatch(value):
+            raise ValueError("up to 200 letters, digits and . _ : -, starting with a letter or digit")
+        return value
+
+    @field_validator("CORRAL_WORKER_URL")
+    @classmethod
+    def _check_worker_url(cls, value: str) -> str:
+        return parse_registry_url(value)[0] if value else value
+
+    @field_validator("CORRAL_DRAIN_TIMEOUT")
+    @classmethod
+    def _check_drain_timeout(cls, value: str) -> str:
+        if math.isinf(parse_env_keep_alive(check_duration(value))):
+            raise ValueError("must not be negative: the drain is bounded")
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_identity(self) -> WorkerSettings:
+        # Fixed once per process, so the start-up log shows what the worker registers as.
+        port = self.listen.port
+        self.CORRAL_WORKER_ID = self.CORRAL_WORKER_ID or f"{socket.gethostname()}-{port}-{secrets.token_hex(3)}"
+        self.CORRAL_WORKER_URL = self.CORRAL_WORKER_URL or advertised_url(self.listen)
+        return self
 
     @property
     def max_loaded_models(self) -> int:
@@ -63,6 +174,19 @@ class WorkerSettings(CommonSettings):
     @property
     def num_threads(self) -> int:
         return self.CORRAL_NUM_THREADS or _cpu_count()
+
+    @property
+    def worker_memory(self) -> int | None:
+        """CORRAL_WORKER_MEMORY in bytes; None: detect it."""
+        return parse_size(self.CORRAL_WORKER_MEMORY) if self.CORRAL_WORKER_MEMORY else None
+
+    @property
+    def worker_labels(self) -> dict[str, str]:
+        return parse_labels(self.CORRAL_WORKER_LABELS)
+
+    @property
+    def drain_timeout_seconds(self) -> float:
+        return parse_env_keep_alive(self.CORRAL_DRAIN_TIMEOUT)
 
     @property
     def load_timeout_seconds(self) -> float:

@@ -1,0 +1,1 @@
+"""Cluster state in Redis shared by workers and routers (the only thing both read and write)."""
