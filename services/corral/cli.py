@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -62,11 +64,45 @@ def run_worker(_args: argparse.Namespace) -> None:
         raise SystemExit(3)  # uvicorn's status for a failed start-up
 
 
+def run_router(_args: argparse.Namespace) -> None:
+    from corral.logs import configure_logging
+    from corral.router.serve import serve
+    from corral.router.settings import RouterSettings
+
+    settings = _settings_or_exit(RouterSettings)
+    configure_logging(level=settings.log_level, fmt=settings.CORRAL_LOG_FORMAT)
+    logger.info("router configuration: %s", settings.redacted())
+    serve(settings)
+
+
+def run_up(args: argparse.Namespace) -> None:
+    from corral.logs import configure_logging
+    from corral.settings import parse_ollama_host
+    from corral.up import UpError, run
+
+    configure_logging(level=logging.INFO, fmt="text")
+    host = parse_ollama_host(os.environ.get("OLLAMA_HOST", "")).host
+    try:
+        code = run(port=args.port, workers=args.workers, routers=args.routers, data_dir=Path(args.data_dir), host=host)
+    except UpError as exc:
+        print(f"corral up: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="corral", description="An Ollama-compatible LLM serving cluster.")
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="serve the Ollama API on OLLAMA_HOST from OLLAMA_MODELS")
     worker.set_defaults(func=run_worker)
+    router = sub.add_parser("router", help="serve the cluster's API on OLLAMA_HOST (REDIS_URL, CORRAL_REGISTRY_URL)")
+    router.set_defaults(func=run_router)
+    up = sub.add_parser("up", help="run a whole local cluster (Redis, registry, workers, routers, nginx)")
+    up.add_argument("--port", type=int, default=11434, help="the endpoint's port (default 11434)")
+    up.add_argument("--workers", type=int, default=1, help="inference workers (default 1)")
+    up.add_argument("--routers", type=int, default=1, help="routers behind nginx (default 1)")
+    up.add_argument("--data-dir", default="~/.corral", help="models, state and logs (default ~/.corral)")
+    up.set_defaults(func=run_up)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -1,0 +1,229 @@
+"""The router: the whole Ollama API for the cluster. ``create_app(settings)`` and its routes.
+
+Inference routes are placed and forwarded (``dispatch.py``); model management is the shared
+``corral.store.routes`` on the cluster's registry store; ``/api/ps`` and
+``/api/cluster/workers`` are assembled from Redis and the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
+
+from corral.api.http import (
+    OllamaAccessMiddleware,
+    RequestMetricsMiddleware,
+    install_error_handlers,
+    json_response,
+    read_json,
+)
+from corral.api.streams import format_time
+from corral.router.dispatch import ClusterUnavailableError, Dispatcher
+from corral.router.metrics import RouterMetrics
+from corral.router.settings import RouterSettings
+from corral.router.state import NEVER, ClusterState
+from corral.store.oci import RegistryStore
+from corral.store.pull import Registries
+from corral.store.registry import RegistryClient
+from corral.store.routes import router as models_router
+
+logger = logging.getLogger(__name__)
+
+OLLAMA_VERSION = "0.33.0"
+REAP_EVERY_S = 1.0
+PS_TIMEOUT_S = 5.0
+
+router = APIRouter()
+
+
+@dataclass
+class RouterModels:
+    store: RegistryStore
+    registries: Registries
+
+
+def dispatcher(request: Request) -> Dispatcher:
+    return request.app.state.dispatcher
+
+
+@router.api_route("/", methods=["GET", "HEAD"])
+async def root() -> Response:
+    return PlainTextResponse("Ollama is running")
+
+
+@router.api_route("/api/version", methods=["GET", "HEAD"])
+async def version() -> Response:
+    return json_response({"version": OLLAMA_VERSION})
+
+
+_FORWARDED = [
+    ("/api/generate", "GenerateRequest"), ("/api/chat", "ChatRequest"), ("/api/embed", "EmbedRequest"),
+    ("/api/embeddings", "EmbeddingRequest"), ("/v1/chat/completions", "ChatCompletionRequest"),
+    ("/v1/completions", "CompletionRequest"), ("/v1/embeddings", "EmbedRequest"),
+    ("/v1/responses", "ResponsesRequest"),
+]
+
+
+def _forwarder(path: str, struct: str):
+    async def forward(request: Request) -> Response:
+        body = await read_json(request, struct=struct)
+        return await dispatcher(request).forward(request, path, body)
+
+    forward.__name__ = "forward_" + path.strip("/").replace("/", "_")
+    return forward
+
+
+for _path, _struct in _FORWARDED:
+    router.add_api_route(_path, _forwarder(_path, _struct), methods=["POST"])
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    d = dispatcher(request)
+    try:
+        cluster = await d.snapshot()
+    except RedisError:
+        cluster = {"redis_up": False}
+    return Response(d.metrics.render(cluster), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> Response:
+    """Each loaded model once, with the workers holding it (Corral's ``workers`` field)."""
+    d = dispatcher(request)
+    try:
+        workers = await d.workers()
+        placements = await d.state.placements([w.id for w in workers])
+    except RedisError as exc:
+        raise ClusterUnavailableError(f"cluster state unavailable: {exc}") from exc
+    by_worker = {w.id: w for w in workers}
+    held: dict[str, list[Any]] = {}
+    for placement in placements:
+        held.setdefault(placement.model, []).append(placement)
+    replies = await asyncio.gather(*(_worker_ps(d.http, w.url) for w in workers))
+    entries: dict[str, dict] = {}
+    for worker, models in zip(workers, replies):
+        for entry in models:
+            entries.setdefault(entry["name"].lower(), entry)
+    out = []
+    for model, group in held.items():
+        entry = _match(entries, model)
+        if entry is None:
+            continue  # placed but not loaded yet (or already gone)
+        expiry = max((p.expires_at for p in group), key=lambda e: float("inf") if e == NEVER else e)
+        entry = dict(entry)
+        entry["workers"] = sorted(p.worker for p in group if p.worker in by_worker)
+        if expiry != NEVER:
+            entry["expires_at"] = format_time(datetime.fromtimestamp(expiry / 1000, tz=timezone.utc).astimezone())
+        out.append(entry)
+    out.sort(key=lambda e: e["expires_at"], reverse=True)
+    return json_response({"models": out})
+
+
+@router.get("/api/cluster/workers")
+async def cluster_workers(request: Request) -> Response:
+    d = dispatcher(request)
+    try:
+        workers = await d.workers()
+        placements = await d.state.placements([w.id for w in workers])
+    except RedisError as exc:
+        raise ClusterUnavailableError(f"cluster state unavailable: {exc}") from exc
+    out = []
+    for worker in workers:
+        mine = [p for p in placements if p.worker == worker.id]
+        out.append({
+            "id": worker.id, "url": worker.url, "state": worker.state, "device": worker.device,
+            "memory_total": worker.memory_total, "memory_used": sum(p.size for p in mine),
+            "models": sorted(p.model for p in mine),
+        })
+    return json_response({"workers": out})
+
+
+async def _worker_ps(http: httpx.AsyncClient, url: str) -> list[dict]:
+    try:
+        reply = await http.get(url + "/api/ps", timeout=PS_TIMEOUT_S)
+        return reply.json().get("models") or []
+    except (httpx.HTTPError, ValueError):
+        return []
+
+
+def _match(entries: dict[str, dict], model: str) -> dict | None:
+    key = model.lower()
+    return entries.get(key) or entries.get(f"{key}:latest")
+
+
+def create_app(settings: RouterSettings) -> FastAPI:
+    metrics = RouterMetrics()
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = aioredis.from_url(
+            settings.REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
+        )
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=settings.CORRAL_CONNECT_TIMEOUT, read=None, write=60.0, pool=30.0),
+            limits=httpx.Limits(max_connections=2048, max_keepalive_connections=256),
+        )
+        client = RegistryClient()
+        store = RegistryStore(settings.CORRAL_REGISTRY_URL, client=client, spool_dir=settings.CORRAL_SPOOL_DIR)
+        app.state.models = RouterModels(store, Registries(client, mirrors=settings.registry_mirrors))
+        app.state.dispatcher = d = Dispatcher(settings, ClusterState(redis), store, http, metrics)
+        reaper = asyncio.create_task(_reap_forever(d))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with suppress(asyncio.CancelledError):
+                await reaper
+            await http.aclose()
+            await redis.aclose()
+
+    app = FastAPI(title="Corral router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    app.include_router(router)
+    app.include_router(models_router)
+    listen = settings.listen
+    app.add_middleware(
+        OllamaAccessMiddleware,
+        origins=settings.OLLAMA_ORIGINS,
+        loopback_only=listen.host in ("127.0.0.1", "localhost", "::1"),
+    )
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    return app
+
+
+async def _reap_forever(d: Dispatcher) -> None:
+    outage = False
+    while True:
+        try:
+            await d.reap()
+            if outage:
+                logger.info("redis is back")
+            outage = False
+        except RedisError as exc:
+            if not outage:
+                logger.warning("reaper: redis unavailable: %s", exc)
+            outage = True
+        except Exception:  # the reaper must outlive any one bad pass
+            logger.exception("reaper pass failed")
+        await asyncio.sleep(REAP_EVERY_S)
+
+
+def from_env() -> FastAPI:
+    """The app from the environment: what gunicorn and uvicorn load (``corral.router.app:from_env``)."""
+    from corral.logs import configure_logging
+
+    settings = RouterSettings()
+    configure_logging(level=settings.log_level, fmt=settings.CORRAL_LOG_FORMAT)
+    return create_app(settings)

@@ -1,0 +1,57 @@
+"""The router's one settings object. Only this module reads the router's environment."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from corral.api.durations import parse_env_keep_alive
+from corral.settings import CommonSettings, check_duration
+from corral.store.registry import parse_registry_url
+
+
+class RouterSettings(CommonSettings):
+    REDIS_URL: str = Field("redis://127.0.0.1:6379/0", description="cluster state: workers, placements, queues")
+    CORRAL_REGISTRY_URL: str = Field("http://127.0.0.1:5000", description="the cluster's model registry")
+    OLLAMA_MAX_QUEUE: int = Field(512, ge=1, description="requests waiting per model, cluster-wide, before 503")
+    OLLAMA_CONTEXT_LENGTH: int = Field(0, ge=0, description="default num_ctx for memory estimates; 0 means 4096")
+    OLLAMA_LOAD_TIMEOUT: str = Field("5m", description="a load (first byte of a cold request) that takes longer fails")
+    CORRAL_CONNECT_TIMEOUT: float = Field(5.0, gt=0, description="seconds to connect to a worker")
+    CORRAL_RETRIES: int = Field(2, ge=0, le=10, description="extra workers tried when one fails before the first byte")
+    CORRAL_ROUTER_PROCESSES: int = Field(1, ge=1, le=64, description="gunicorn worker processes per router")
+    CORRAL_SPOOL_DIR: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "corral-router",
+        description="uploads (/api/blobs) are checked here before they go to the registry",
+    )
+    CORRAL_REPLICATE_AFTER: float = Field(
+        1.0, ge=0, description="seconds a request waits on a busy model before another replica is loaded"
+    )
+
+    @field_validator("CORRAL_REGISTRY_URL")
+    @classmethod
+    def _check_registry(cls, value: str) -> str:
+        parse_registry_url(value)
+        return value
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _check_redis(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("OLLAMA_LOAD_TIMEOUT")
+    @classmethod
+    def _check_load_timeout(cls, value: str) -> str:
+        return check_duration(value)
+
+    @property
+    def default_num_ctx(self) -> int:
+        return self.OLLAMA_CONTEXT_LENGTH or 4096
+
+    @property
+    def load_timeout_seconds(self) -> float:
+        seconds = parse_env_keep_alive(self.OLLAMA_LOAD_TIMEOUT)
+        return float("inf") if seconds <= 0 else seconds

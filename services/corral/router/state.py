@@ -1,0 +1,244 @@
+"""The cluster's placement state in Redis: which worker holds which model, and how busy it is.
+
+Keys (besides the worker registry of ``corral.cluster.workers``):
+
+    corral:placed:<worker>     HASH  model -> JSON {"size", "since", "expires_at", "keep_alive"}
+    corral:inflight:<worker>   HASH  model -> requests running there now
+    corral:used:<worker>       HASH  model -> last use (ms), for least-recently-used eviction
+    corral:waiting:<model>     STRING  requests queued for the model, cluster-wide
+    corral:lock:place          STRING  held while a router decides a load (milliseconds)
+
+Every multi-key change is one Lua script, so routers (any number, any of which may die at
+any moment) never see half an update: taking a slot checks residency and the slot count and
+increments in one step; the reaper's "unload if expired and idle" is checked and claimed in
+one step, so each expiry is acted on once.
+
+``expires_at`` is in ms since the epoch; ``-1`` means never (negative keep-alive); a placement
+with requests in flight never expires (the in-flight guard).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from corral.cluster.workers import PREFIX, WorkerInfo, now_ms
+
+NEVER = -1
+PLACE_LOCK = PREFIX + "lock:place"
+PLACE_LOCK_MS = 10_000
+
+
+def placed_key(worker_id: str) -> str:
+    return f"{PREFIX}placed:{worker_id}"
+
+
+def inflight_key(worker_id: str) -> str:
+    return f"{PREFIX}inflight:{worker_id}"
+
+
+def used_key(worker_id: str) -> str:
+    return f"{PREFIX}used:{worker_id}"
+
+
+def waiting_key(model: str) -> str:
+    return f"{PREFIX}waiting:{model}"
+
+
+@dataclass
+class Placement:
+    worker: str
+    model: str
+    size: int
+    since: int
+    expires_at: int
+    in_flight: int = 0
+    last_used: int = 0
+
+
+# Take a slot on the least loaded worker already holding the model.
+# ARGV: model, now, then (worker id, slots) pairs of eligible (live, ready) workers.
+_ACQUIRE = """
+local model, now = ARGV[1], ARGV[2]
+local best, best_n, best_used = nil, nil, nil
+for i = 3, #ARGV, 2 do
+  local w, slots = ARGV[i], tonumber(ARGV[i + 1])
+  if redis.call('HEXISTS', 'corral:placed:' .. w, model) == 1 then
+    local n = tonumber(redis.call('HGET', 'corral:inflight:' .. w, model) or '0')
+    local used = tonumber(redis.call('HGET', 'corral:used:' .. w, model) or '0')
+    if n < slots and (best == nil or n < best_n or (n == best_n and used < best_used)) then
+      best, best_n, best_used = w, n, used
+    end
+  end
+end
+if best then
+  redis.call('HINCRBY', 'corral:inflight:' .. best, model, 1)
+  redis.call('HSET', 'corral:used:' .. best, model, now)
+end
+return best
+"""
+
+# Record a new placement and take its first slot (the load happens with that request).
+# KEYS: placed, inflight, used; ARGV: model, placement JSON, now.
+_PLACE = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+return 1
+"""
+
+# Give a slot back and set the keep-alive expiry. KEYS: placed, inflight, used.
+# ARGV: model, now, expires_at (-1 never).
+_RELEASE = """
+local n = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
+if n <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if raw then
+  local p = cjson.decode(raw)
+  p['expires_at'] = tonumber(ARGV[3])
+  redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(p))
+end
+return math.max(n, 0)
+"""
+
+# Remove a placement only if nothing runs on it and (when asked) its keep-alive passed.
+# KEYS: placed, inflight, used; ARGV: model, now, check_expiry (1/0). Returns 1 when claimed.
+_CLAIM_UNLOAD = """
+if tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') > 0 then return 0 end
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+if ARGV[3] == '1' then
+  local exp = cjson.decode(raw)['expires_at']
+  if exp == nil or exp < 0 or exp > tonumber(ARGV[2]) then return 0 end
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
+"""
+
+# Join the model's cluster-wide queue unless it is full. KEYS: waiting; ARGV: limit.
+_ENQUEUE = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], 600000)
+if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end
+return n
+"""
+
+_DEQUEUE = """
+local n = redis.call('DECR', KEYS[1])
+if n <= 0 then redis.call('DEL', KEYS[1]) end
+return n
+"""
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class ClusterState:
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._place = redis.register_script(_PLACE)
+        self._release = redis.register_script(_RELEASE)
+        self._claim = redis.register_script(_CLAIM_UNLOAD)
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._dequeue = redis.register_script(_DEQUEUE)
+        self._unlock = redis.register_script(_UNLOCK)
+
+    # -- slots
+
+    async def acquire(self, model: str, workers: list[WorkerInfo]) -> str | None:
+        args: list[Any] = [model, now_ms()]
+        for worker in workers:
+            args += [worker.id, worker.num_parallel]
+        chosen = await self._acquire(keys=[], args=args)
+        return _text(chosen) if chosen else None
+
+    async def place(self, worker: str, model: str, size: int) -> None:
+        now = now_ms()
+        record = json.dumps({"size": size, "since": now, "expires_at": NEVER})
+        await self._place(keys=[placed_key(worker), inflight_key(worker), used_key(worker)], args=[model, record, now])
+
+    async def release(self, worker: str, model: str, expires_at: int) -> int:
+        """Give the slot back; returns how many requests still run on that placement."""
+        keys = [placed_key(worker), inflight_key(worker), used_key(worker)]
+        return int(await self._release(keys=keys, args=[model, now_ms(), expires_at]))
+
+    async def claim_unload(self, worker: str, model: str, *, expired_only: bool) -> bool:
+        keys = [placed_key(worker), inflight_key(worker), used_key(worker)]
+        return bool(await self._claim(keys=keys, args=[model, now_ms(), 1 if expired_only else 0]))
+
+    async def drop_worker(self, worker: str) -> None:
+        await self.redis.delete(placed_key(worker), inflight_key(worker), used_key(worker))
+
+    # -- queue
+
+    async def enqueue(self, model: str, limit: int) -> bool:
+        return bool(await self._enqueue(keys=[waiting_key(model)], args=[limit]))
+
+    async def dequeue(self, model: str) -> None:
+        await self._dequeue(keys=[waiting_key(model)], args=[])
+
+    async def waiting(self, model: str) -> int:
+        return int(await self.redis.get(waiting_key(model)) or 0)
+
+    # -- the placement lock
+
+    async def lock(self, timeout: float) -> str | None:
+        """Take the cluster-wide placement lock, waiting up to ``timeout``; its token, or None."""
+        token = secrets.token_hex(8)
+        deadline = time.monotonic() + timeout
+        while True:
+            if await self.redis.set(PLACE_LOCK, token, nx=True, px=PLACE_LOCK_MS):
+                return token
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.01)
+
+    async def unlock(self, token: str) -> None:
+        await self._unlock(keys=[PLACE_LOCK], args=[token])
+
+    # -- reads
+
+    async def placements(self, workers: list[str]) -> list[Placement]:
+        if not workers:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker in workers:
+                pipe.hgetall(placed_key(worker))
+                pipe.hgetall(inflight_key(worker))
+                pipe.hgetall(used_key(worker))
+            replies = await pipe.execute()
+        out = []
+        for i, worker in enumerate(workers):
+            placed, inflight, used = replies[3 * i: 3 * i + 3]
+            for model, raw in placed.items():
+                model = _text(model)
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    continue
+                out.append(
+                    Placement(
+                        worker=worker, model=model, size=int(record.get("size", 0)),
+                        since=int(record.get("since", 0)), expires_at=int(record.get("expires_at", NEVER)),
+                        in_flight=int(_get(inflight, model) or 0), last_used=int(_get(used, model) or 0),
+                    )
+                )
+        return out
+
+
+def _get(mapping: dict, key: str) -> Any:
+    return mapping.get(key, mapping.get(key.encode()))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+

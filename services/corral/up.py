@@ -1,0 +1,249 @@
+"""``corral up``: a whole cluster on this machine from installed binaries, until Ctrl-C.
+
+    redis-server  ─ cluster state (append-only file under the data dir)
+    docker-registry (or registry) ─ the model store (under the data dir)
+    N × corral worker  ─ one shared blob cache under the data dir
+    N × corral router  ─ gunicorn + uvicorn
+    nginx ─ the endpoint, round-robin over the routers (deploy/nginx/)
+
+Every child inherits this environment, so ``OLLAMA_*``/``CORRAL_*`` reach the services, with
+the wiring (ports, URLs, directories) set here. Workers are told never to unload on their
+own (``OLLAMA_KEEP_ALIVE=-1``): in a cluster the routers own keep-alive, from the
+``OLLAMA_KEEP_ALIVE`` given to ``corral up``. Ctrl-C (or SIGTERM) stops everything, front
+to back: nginx, routers, workers (each drains its requests), registry, Redis.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger("corral.up")
+
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 40.0  # a draining worker may take its CORRAL_DRAIN_TIMEOUT
+NGINX_DIR = Path(__file__).resolve().parents[2] / "deploy" / "nginx"
+
+
+class UpError(Exception):
+    """Something ``corral up`` cannot start; the message says what to do."""
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    ready: tuple[str, int, str] | None  # (host, port, path) answering 200 when up
+    stop_signal: int = signal.SIGTERM
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_ready(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise UpError(f"{self.name} exited during start-up; its log ({self.log}):\n{_tail(self.log)}")
+            if self.ready is None or _answers(*self.ready):
+                return
+            time.sleep(0.1)
+        raise UpError(f"{self.name} did not become ready in {READY_TIMEOUT_S:.0f} s; see {self.log}")
+
+    def stop(self) -> None:
+        if not self.alive():
+            return
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, self.stop_signal)
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        except ProcessLookupError:
+            pass
+
+
+def find_binary(*names: str) -> str:
+    for name in names:
+        for directory in (None, "/usr/sbin", "/usr/local/sbin"):
+            found = shutil.which(name, path=directory)
+            if found:
+                return found
+    raise UpError(f"{' or '.join(names)} not found: install it (Debian: apt-get install {names[0]})")
+
+
+def plan(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "127.0.0.1") -> list[Child]:
+    """Every child, in start order, with its ports, directories and environment."""
+    redis_bin = find_binary("redis-server")
+    registry_bin = find_binary("docker-registry", "registry")
+    nginx_bin = find_binary("nginx")
+    proxy_conf = Path(os.environ.get("CORRAL_NGINX_PROXY_CONF", NGINX_DIR / "corral-proxy.conf"))
+    template = NGINX_DIR / "corral-up.conf"
+    if not proxy_conf.is_file() or not template.is_file():
+        raise UpError(f"nginx configuration not found in {NGINX_DIR}: run corral up from a source checkout")
+    corral = [sys.executable, "-m", "corral.cli"]
+    logs = data_dir / "logs"
+    base = dict(os.environ)
+    for key in ("OLLAMA_HOST", "OLLAMA_MODELS", "PROMETHEUS_MULTIPROC_DIR"):
+        base.pop(key, None)  # per child below
+
+    redis_port, registry_port = _free_port(), _free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    registry_url = f"http://127.0.0.1:{registry_port}"
+    (data_dir / "redis").mkdir(parents=True, exist_ok=True)
+    children = [
+        Child(
+            "redis", [redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(data_dir / "redis"),
+                      "--appendonly", "yes", "--save", ""],
+            base, logs / "redis.log", None,
+        ),
+        Child(
+            "registry", [registry_bin, "serve", str(_registry_config(data_dir, registry_port))],
+            base, logs / "registry.log", ("127.0.0.1", registry_port, "/v2/"),
+        ),
+    ]
+    cluster = {**base, "REDIS_URL": redis_url, "CORRAL_REGISTRY_URL": registry_url}
+    threads = os.environ.get("CORRAL_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+    for i in range(workers):
+        p = _free_port()
+        env = {
+            **cluster, "OLLAMA_HOST": f"127.0.0.1:{p}", "OLLAMA_MODELS": str(data_dir / "cache"),
+            "CORRAL_WORKER_ID": f"worker-{i + 1}", "CORRAL_WORKER_URL": f"http://127.0.0.1:{p}",
+            "OLLAMA_KEEP_ALIVE": "-1", "CORRAL_NUM_THREADS": threads,
+        }
+        children.append(Child(f"worker-{i + 1}", [*corral, "worker"], env, logs / f"worker-{i + 1}.log",
+                              ("127.0.0.1", p, "/")))
+    router_ports = []
+    for i in range(routers):
+        p = _free_port()
+        router_ports.append(p)
+        metrics_dir = data_dir / "routers" / f"router-{i + 1}" / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        env = {**cluster, "OLLAMA_HOST": f"127.0.0.1:{p}", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+               "CORRAL_SPOOL_DIR": str(data_dir / "routers" / f"router-{i + 1}" / "spool")}
+        children.append(Child(f"router-{i + 1}", [*corral, "router"], env, logs / f"router-{i + 1}.log",
+                              ("127.0.0.1", p, "/")))
+    nginx_dir = data_dir / "nginx"
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (nginx_dir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+    conf = template.read_text()
+    conf = conf.replace("@@ROUTERS@@", "\n".join(f"        server 127.0.0.1:{p};" for p in router_ports))
+    conf = conf.replace("@@LISTEN@@", f"{host}:{port}").replace("@@PROXY_CONF@@", str(proxy_conf))
+    conf = conf.replace("@@ERROR_LOG@@", str(logs / "nginx-error.log"))
+    (nginx_dir / "nginx.conf").write_text(conf)
+    children.append(
+        Child("nginx", [nginx_bin, "-p", str(nginx_dir), "-c", "nginx.conf", "-g", "daemon off;"], base,
+              logs / "nginx.log", (host if host not in ("0.0.0.0", "::") else "127.0.0.1", port, "/"),
+              stop_signal=signal.SIGQUIT)
+    )
+    return children
+
+
+def run(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "127.0.0.1") -> int:
+    data_dir = data_dir.expanduser().resolve()
+    if _port_taken(host, port):
+        raise UpError(f"port {port} is in use (an Ollama server?): stop it or pass --port")
+    children = plan(port=port, workers=workers, routers=routers, data_dir=data_dir, host=host)
+    stopping = False
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    started: list[Child] = []
+    try:
+        for child in children:
+            child.start()
+            started.append(child)
+            child.wait_ready(time.monotonic() + READY_TIMEOUT_S)
+            logger.info("%s is up", child.name)
+            if stopping:
+                return 130
+        endpoint = f"http://{host}:{port}"
+        print(f"Corral is running at {endpoint}  ({workers} workers, {routers} routers; logs in {data_dir / 'logs'})",
+              flush=True)
+        print(f"  export OLLAMA_HOST={endpoint}    # then: ollama run, ollama.chat(...), OpenAI(base_url=...)",
+              flush=True)
+        print(json.dumps({"endpoint": endpoint, "data_dir": str(data_dir)}), flush=True)
+        while not stopping:
+            for child in started:
+                if not child.alive():
+                    logger.error("%s exited (code %s); see %s", child.name, child.process.returncode, child.log)
+                    started.remove(child)
+                    break
+            time.sleep(0.5)
+        return 0
+    finally:
+        print("stopping Corral...", flush=True)
+        for child in reversed(started):
+            child.stop()
+
+
+def _registry_config(data_dir: Path, port: int) -> Path:
+    path = data_dir / "registry" / "config.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = {
+        "version": "0.1",
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(data_dir / "registry" / "data")}, "delete": {"enabled": True}},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": os.urandom(16).hex()},
+    }
+    path.write_text(json.dumps(config, indent=2))  # YAML is a superset of JSON
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _answers(host: str, port: int, path: str) -> bool:
+    conn = http.client.HTTPConnection(host, port, timeout=1)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return "(no log)"
