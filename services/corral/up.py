@@ -147,6 +147,8 @@ def plan(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "
     nginx_dir = data_dir / "nginx"
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (nginx_dir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+        # Started as root, nginx's workers run as nobody: they must be able to spool bodies here.
+        os.chmod(nginx_dir / "tmp" / sub, 0o1777)
     conf = template.read_text()
     conf = conf.replace("@@ROUTERS@@", "\n".join(f"        server 127.0.0.1:{p};" for p in router_ports))
     conf = conf.replace("@@LISTEN@@", f"{host}:{port}").replace("@@PROXY_CONF@@", str(proxy_conf))

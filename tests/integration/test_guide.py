@@ -1,8 +1,8 @@
 """Every code sample in the user guide (/work/shared/ollama-guide.txt) works against Corral as written.
 
 The guide talks to ``localhost:11434`` and uses the models ``llama3.2`` and ``nomic-embed-text``.
-This module runs its own worker and creates both names from the test model, so the samples keep
-their literal model names; only the endpoint changes:
+This module runs its own server (a worker or a cluster, as the session's) and creates both names
+from the test model, so the samples keep their literal model names; only the endpoint changes:
 
 - curl samples are sent with httpx, with the guide's JSON text byte for byte and the headers curl
   would send (``-d`` without ``-H`` means ``application/x-www-form-urlencoded``).
@@ -12,7 +12,7 @@ their literal model names; only the endpoint changes:
   ``OLLAMA_HOST`` and then reloads the ``ollama`` package, which is exactly what a user gets by
   exporting ``OLLAMA_HOST`` before starting Python; it reloads again afterwards to restore the
   default. ``ollama.AsyncClient()`` and langchain-ollama read the variable when constructed.
-- OpenAI samples and the ``requests`` sample get the worker's URL in place of ``localhost:11434``.
+- OpenAI samples and the ``requests`` sample get the server's URL in place of ``localhost:11434``.
 
 ``llama3.2`` is created with ``PARAMETER num_predict 24`` so that samples which set no length
 limit still finish quickly on a small CPU; their request bodies are unchanged.
@@ -35,7 +35,7 @@ import httpx
 import ollama
 import pytest
 
-from tests.conftest import WorkerProcess, import_model, start_worker
+from tests.conftest import Server, import_model, start_server
 from tests.registries import RegistryServer, seed_model
 
 GUIDE_MODELS = ("llama3.2", "nomic-embed-text")
@@ -66,11 +66,13 @@ def library(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def guide(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path, gguf_digest: str, library) -> Iterator[WorkerProcess]:
-    """A worker of our own, with the guide's model names made from the test model; pulls from
+def guide(
+    tmp_path_factory: pytest.TempPathFactory, gguf_path: Path, gguf_digest: str, library, serving: str
+) -> Iterator[Server]:
+    """A server of our own, with the guide's model names made from the test model; pulls from
     the default registry go to the local stand-in through the mirror setting."""
-    proc = start_worker(
-        tmp_path_factory.mktemp("guide"), {"CORRAL_REGISTRY_MIRRORS": f"registry.ollama.ai={library.url}"}
+    proc = start_server(
+        serving, tmp_path_factory.mktemp("guide"), {"CORRAL_REGISTRY_MIRRORS": f"registry.ollama.ai={library.url}"}
     )
     try:
         import_model(proc.url, gguf_path, gguf_digest)
@@ -96,7 +98,7 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 
 @pytest.fixture
 def guide_env(guide, monkeypatch) -> Iterator[str]:
-    """OLLAMA_HOST points at the worker, as if exported before Python started; see the module doc."""
+    """OLLAMA_HOST points at the server, as if exported before Python started; see the module doc."""
     monkeypatch.setenv("OLLAMA_HOST", guide.url)
     importlib.reload(ollama)
     yield guide.url

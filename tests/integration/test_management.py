@@ -1,7 +1,7 @@
 """Model management and the server's HTTP surface, over raw HTTP (contract ollama-api.md §0–§2, §5, §7).
 
-Read-only checks use the session worker. Anything that creates, copies or deletes runs on
-this module's own worker (``store``), so the shared worker's model list stays as other
+Read-only checks use the session server. Anything that creates, copies or deletes runs on
+this module's own server (``store``, of the same kind), so the shared model list stays as other
 files expect it.
 """
 
@@ -22,7 +22,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MODEL_NAME, WorkerProcess, import_model, start_worker
+from tests.conftest import MODEL_NAME, Server, import_model, start_server
 
 JSON_UTF8 = "application/json; charset=utf-8"
 MODELFILE_COMMANDS = (
@@ -36,25 +36,28 @@ CHATML = (
 
 @dataclass
 class Store:
-    """This module's worker, with its models dir nested deep inside ``sandbox`` so that a
-    name escaping the store by a few ``..`` would still land somewhere we can see."""
+    """This module's server, with its own directory (a worker's models dir, a cluster's data
+    dir) nested deep inside ``sandbox`` so that a name escaping the store by a few ``..``
+    would still land somewhere we can see."""
 
-    worker: WorkerProcess
+    worker: Server
     client: httpx.Client
     sandbox: Path
+    own_dir: Path
     gguf_digest: str
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, gguf_path, gguf_digest) -> Iterator[Store]:
+def store(tmp_path_factory, gguf_path, gguf_digest, serving) -> Iterator[Store]:
     sandbox = tmp_path_factory.mktemp("store")
     home = sandbox / "d1" / "d2" / "d3" / "d4" / "d5" / "d6"
     home.mkdir(parents=True)
-    proc = start_worker(home, {"OLLAMA_ORIGINS": "https://*.example.org"}, models_dir=home / "models")
+    own_dir = home / "models"
+    proc = start_server(serving, home, {"OLLAMA_ORIGINS": "https://*.example.org"}, models_dir=own_dir)
     try:
         import_model(proc.url, gguf_path, gguf_digest)
         with httpx.Client(base_url=proc.url, timeout=120) as client:
-            yield Store(proc, client, sandbox, gguf_digest)
+            yield Store(proc, client, sandbox, own_dir, gguf_digest)
     finally:
         proc.stop()
 
@@ -431,6 +434,7 @@ def test_delete_errors(store, body, status, message):
     assert_error(store.client.request("DELETE", "/api/delete", json=body), status, message)
 
 
+@pytest.mark.worker_only("the registry store leaves unreferenced blobs to the registry's garbage collector (README)")
 def test_delete_keeps_shared_blobs_until_the_last_reference_goes(store):
     system = f"garbage-collected {uuid.uuid4().hex}"
     layer = sha256(system.encode())
@@ -490,8 +494,7 @@ ESCAPES = ["../../etc/passwd", "a/../../b", "..%2F..%2Fescaped", "x:../../y", ".
 
 
 def sandbox_files(store: Store) -> set[Path]:
-    models = store.worker.models_dir
-    return {p for p in store.sandbox.rglob("*") if p.is_file() and models not in p.parents}
+    return {p for p in store.sandbox.rglob("*") if p.is_file() and store.own_dir not in p.parents}
 
 
 @pytest.mark.parametrize("name", ESCAPES)
@@ -575,6 +578,7 @@ def sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+@pytest.mark.worker_only("the worker's own corral_worker_* series; a router serves corral_router_*")
 def test_metrics_count_requests_and_time_to_first_token(http):
     before = http.get("/metrics").text
     r = http.post("/api/generate", json={"model": MODEL_NAME, "prompt": "Hi", "stream": False,

@@ -32,9 +32,12 @@ from corral.cluster.workers import (
 from corral.worker.registration import device_and_memory
 from corral.worker.settings import WorkerSettings
 from tests.conftest import MODEL_NAME, WorkerProcess, import_model, start_worker
-from tests.redisd import RedisServer, redis_server  # noqa: F401 - a fixture
+from tests import redisd
+from tests.redisd import RedisServer
 
 pytestmark = pytest.mark.integration
+
+redis_server = redisd.redis_server  # a fixture: a real redis-server for one test
 
 T = TypeVar("T")
 PROMPT = "Once upon a time, in a small village by the sea, there lived"  # raw: SmolLM2 keeps going

@@ -1,4 +1,4 @@
-"""/v1/responses against a real worker, through the official openai client.
+"""/v1/responses against a real server (a worker, or the cluster), through the official openai client.
 
 A few tokens at temperature 0 each, so the module stays fast on a small CPU.
 """

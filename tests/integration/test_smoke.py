@@ -1,4 +1,4 @@
-"""The worker answers a user's first calls: import, list, generate, chat."""
+"""Corral answers a user's first calls: import, list, generate, chat."""
 
 from __future__ import annotations
 

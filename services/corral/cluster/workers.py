@@ -28,6 +28,10 @@ HEARTBEAT_S = 2.0
 LEASE_MS = 10_000  # five missed heartbeats
 RECORD_TTL_S = 60
 
+# Routers send the cluster's model-store generation (bumped on every create/copy/delete/pull)
+# with each request they forward, so a worker drops registry reads cached before a change.
+MODELS_GENERATION_HEADER = "x-corral-models-generation"
+
 STATE_READY = "ready"
 STATE_DRAINING = "draining"
 

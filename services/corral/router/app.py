@@ -1,8 +1,8 @@
 """The router: the whole Ollama API for the cluster. ``create_app(settings)`` and its routes.
 
 Inference routes are placed and forwarded (``dispatch.py``); model management is the shared
-``corral.store.routes`` on the cluster's registry store; ``/api/ps`` and
-``/api/cluster/workers`` are assembled from Redis and the workers.
+``corral.store.routes`` on the cluster's registry store, except ``/api/show``, which a worker
+answers; ``/api/ps`` and ``/api/cluster/workers`` are assembled from Redis and the workers.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.api.http import (
     OllamaAccessMiddleware,
@@ -34,6 +35,7 @@ from corral.router.dispatch import ClusterUnavailableError, Dispatcher
 from corral.router.metrics import RouterMetrics
 from corral.router.settings import RouterSettings
 from corral.router.state import NEVER, ClusterState
+from corral.store import routes as store_routes
 from corral.store.oci import RegistryStore
 from corral.store.pull import Registries
 from corral.store.registry import RegistryClient
@@ -87,6 +89,17 @@ def _forwarder(path: str, struct: str):
 
 for _path, _struct in _FORWARDED:
     router.add_api_route(_path, _forwarder(_path, _struct), methods=["POST"])
+
+
+@router.post("/api/show")
+async def show(request: Request) -> Response:
+    """Relayed to a worker: a model's capabilities come from its template, which workers parse
+    (the router parses none). With no worker up, the registry answers here."""
+    body = await read_json(request, struct="ShowRequest")
+    try:
+        return await dispatcher(request).relay_anywhere("/api/show", body)
+    except ClusterUnavailableError:
+        return await store_routes.show(request, request.app.state.models)
 
 
 @router.get("/metrics")
@@ -164,6 +177,36 @@ def _match(entries: dict[str, dict], model: str) -> dict | None:
     return entries.get(key) or entries.get(f"{key}:latest")
 
 
+# Routes that change the cluster's models, and routes that never read them.
+_MODEL_WRITES = {"/api/create", "/api/copy", "/api/delete", "/api/pull"}
+_NO_MODELS = {"/", "/api/version", "/metrics", "/api/ps", "/api/cluster/workers"}
+
+
+class FreshModelsMiddleware:
+    """Read-your-writes across routers, which cache registry reads for a moment: a model write
+    bumps a generation in Redis once it is done, and a router that sees the generation change
+    drops its caches before it serves the next request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _NO_MODELS:
+            await self.app(scope, receive, send)
+            return
+        d: Dispatcher = scope["app"].state.dispatcher
+        try:
+            await d.sync_models()
+        except RedisError as exc:
+            logger.debug("model store generation unavailable: %s", exc)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if scope["path"] in _MODEL_WRITES:
+                with suppress(RedisError):
+                    await d.state.models_changed()
+
+
 def create_app(settings: RouterSettings) -> FastAPI:
     metrics = RouterMetrics()
     @asynccontextmanager
@@ -193,6 +236,7 @@ def create_app(settings: RouterSettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(models_router)
+    app.add_middleware(FreshModelsMiddleware)
     listen = settings.listen
     app.add_middleware(
         OllamaAccessMiddleware,

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
@@ -38,13 +39,13 @@ from redis.exceptions import RedisError
 from corral.api.durations import DurationError, parse_keep_alive
 from corral.api.errors import CorralError, NotFoundError, RequestCanceledError, ServerBusyError, UpstreamError
 from corral.api.streams import ndjson_line
-from corral.cluster.workers import STATE_READY, WorkerInfo, lapsed_workers, live_workers, now_ms
+from corral.cluster.workers import MODELS_GENERATION_HEADER, STATE_READY, WorkerInfo, lapsed_workers, live_workers, now_ms
 from corral.router.metrics import RouterMetrics
 from corral.router.placement import plan_load
 from corral.router.settings import RouterSettings
 from corral.router.state import NEVER, ClusterState
 from corral.store.gguf import kv_cache_bytes
-from corral.store.names import is_valid_name
+from corral.store.names import ModelName, is_valid_name
 from corral.store.oci import RegistryStore
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class Dispatcher:
         self.http = http
         self._workers: tuple[float, list[WorkerInfo]] = (0.0, [])
         self._sizes: dict[str, ModelSize] = {}
+        self._models_generation = 0
 
     # -- cluster reads
 
@@ -95,6 +97,13 @@ class Dispatcher:
         workers = await live_workers(self.state.redis)
         self._workers = (time.monotonic(), workers)
         return workers
+
+    async def sync_models(self) -> None:
+        """Drop this router's cached registry reads if a model changed through any router since."""
+        generation = await self.state.models_generation()
+        if generation != self._models_generation:
+            self._models_generation = generation
+            self.store.invalidate()
 
     async def model_size(self, model: str) -> ModelSize:
         """What loading the model takes: weights plus a KV cache per sequence at the default context."""
@@ -140,7 +149,8 @@ class Dispatcher:
             except NotFoundError:
                 size = None
         if size is None:  # unknown model or a bad field: let a worker give Ollama's answer
-            return await self._relay_anywhere(path, body)
+            return await self.relay_anywhere(path, body)
+        model = ModelName.parse(model).display  # one placement per model: "m" and "m:latest" are one
         if keep_alive == 0 and _is_empty(body):
             return await self._unload_everywhere(model, path, body)
         payload = json.dumps({**body, "keep_alive": -1} if path.startswith("/api/") else body).encode()
@@ -150,7 +160,7 @@ class Dispatcher:
         for attempt in range(1 + self.settings.CORRAL_RETRIES):
             if attempt:
                 self.metrics.retries.inc()
-            worker = await self.lease(request, model, size, exclude)
+            worker = await self.lease(request, model, size, exclude, keep_alive)
             try:
                 upstream = await self._send(worker, path, payload)
                 if upstream.status_code in _RETRY_STATUSES:
@@ -167,7 +177,8 @@ class Dispatcher:
                 await self.finish(worker, model, keep_alive)
                 continue
             except BaseException:
-                await self.finish(worker, model, keep_alive)
+                with anyio.CancelScope(shield=True):
+                    await self.finish(worker, model, keep_alive)
                 raise
             self.metrics.ttfb.labels(path).observe(time.perf_counter() - started)
             return StreamingResponse(
@@ -177,7 +188,9 @@ class Dispatcher:
             )
         raise UpstreamError(last_error)
 
-    async def lease(self, request: Request, model: str, size: ModelSize, exclude: set[str]) -> WorkerInfo:
+    async def lease(
+        self, request: Request, model: str, size: ModelSize, exclude: set[str], keep_alive: float | None
+    ) -> WorkerInfo:
         queued = False
         waited_since = time.monotonic()
         try:
@@ -193,11 +206,13 @@ class Dispatcher:
                 placements = await self.state.placements([w.id for w in everyone])
                 resident = any(p.model == model and p.worker in {w.id for w in ready} for p in placements)
                 hot = time.monotonic() - waited_since >= self.settings.CORRAL_REPLICATE_AFTER
+                if not resident and not any(_could_hold(w, size) for w in ready):
+                    raise _too_big(size, ready)
+                if time.monotonic() - waited_since > self.settings.load_timeout_seconds:
+                    raise ServerBusyError(f"timed out waiting for a worker to run {model}")
                 if not resident or hot:
-                    worker = await self._load(model, size, ready, everyone, exclude)
+                    worker = await self._load(model, size, ready, everyone, exclude, keep_alive, replica=resident)
                     if worker is not None:
-                        self.metrics.loads.labels("replica" if resident else "first").inc()
-                        self.metrics.placements.labels("loaded").inc()
                         return worker
                 if not queued:
                     if not await self.state.enqueue(model, self.settings.OLLAMA_MAX_QUEUE):
@@ -208,10 +223,12 @@ class Dispatcher:
                 await asyncio.sleep(QUEUE_POLL_S)
         finally:
             if queued:
-                await self.state.dequeue(model)
+                with anyio.CancelScope(shield=True):
+                    await self.state.dequeue(model)
 
     async def _load(
-        self, model: str, size: ModelSize, ready: list[WorkerInfo], everyone: list[WorkerInfo], exclude: set[str]
+        self, model: str, size: ModelSize, ready: list[WorkerInfo], everyone: list[WorkerInfo], exclude: set[str],
+        keep_alive: float | None, *, replica: bool,
     ) -> WorkerInfo | None:
         token = await self.state.lock(timeout=1.0)
         if token is None:
@@ -222,6 +239,8 @@ class Dispatcher:
                 self.metrics.placements.labels("resident").inc()
                 return next(w for w in ready if w.id == chosen)
             placements = await self.state.placements([w.id for w in everyone])
+            if not replica and any(p.model == model and p.worker in {w.id for w in ready} for p in placements):
+                return None  # placed by another request while this one waited for the lock: queue for it
             plan = plan_load(model, size.on, ready, placements, exclude=exclude)
             if plan is None:
                 return None
@@ -230,19 +249,18 @@ class Dispatcher:
                     return None  # it got busy: decide again
                 self.metrics.evictions.labels("lru").inc()
                 await self.unload(plan.worker, victim.model)
-            await self.state.place(plan.worker.id, model, size.on(plan.worker))
+            # Until its first request is done, a model being loaded shows now + keep-alive, as in Ollama.
+            await self.state.place(plan.worker.id, model, size.on(plan.worker), _expires_at(keep_alive))
+            self.metrics.loads.labels("replica" if replica else "first").inc()
+            self.metrics.placements.labels("loaded").inc()
             logger.info("placing %s on %s (evicted %s)", model, plan.worker.id, [v.model for v in plan.evict])
             return plan.worker
         finally:
             await self.state.unlock(token)
 
     async def finish(self, worker: WorkerInfo, model: str, keep_alive: float | None) -> None:
-        if keep_alive is None or math.isinf(keep_alive) or keep_alive < 0:
-            expires = NEVER
-        else:
-            expires = now_ms() + int(keep_alive * 1000)
         try:
-            remaining = await self.state.release(worker.id, model, expires)
+            remaining = await self.state.release(worker.id, model, _expires_at(keep_alive))
             if keep_alive == 0 and remaining == 0:
                 if await self.state.claim_unload(worker.id, model, expired_only=False):
                     self.metrics.evictions.labels("request").inc()
@@ -271,9 +289,8 @@ class Dispatcher:
             return None
 
     async def _send(self, worker: WorkerInfo, path: str, payload: bytes) -> httpx.Response:
-        request = self.http.build_request(
-            "POST", worker.url + path, content=payload, headers={"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json", MODELS_GENERATION_HEADER: str(self._models_generation)}
+        request = self.http.build_request("POST", worker.url + path, content=payload, headers=headers)
         return await self.http.send(request, stream=True)
 
     async def _relay(
@@ -294,15 +311,21 @@ class Dispatcher:
                 else:
                     yield ndjson_line({"error": message})
         finally:
-            await upstream.aclose()
-            await self.finish(worker, model, keep_alive)
+            # A client that leaves cancels this task, and every await after that: shielded,
+            # the slot is given back all the same.
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()
+                await self.finish(worker, model, keep_alive)
 
-    async def _relay_anywhere(self, path: str, body: dict[str, Any]) -> Response:
+    async def relay_anywhere(self, path: str, body: dict[str, Any]) -> Response:
         workers = [w for w in await self.workers() if w.state == STATE_READY]
         if not workers:
             raise ClusterUnavailableError("no workers available")
         try:
-            reply = await self.http.post(workers[0].url + path, json=body, timeout=60)
+            reply = await self.http.post(
+                workers[0].url + path, json=body, timeout=60,
+                headers={MODELS_GENERATION_HEADER: str(self._models_generation)},
+            )
         except httpx.HTTPError as exc:
             raise UpstreamError(f"worker {workers[0].id}: {exc}") from exc
         return Response(reply.content, status_code=reply.status_code,
@@ -316,7 +339,7 @@ class Dispatcher:
             if worker.id in holders and await self.state.claim_unload(worker.id, model, expired_only=False):
                 self.metrics.evictions.labels("request").inc()
                 await self.unload(worker, model)
-        return await self._relay_anywhere(path, body)
+        return await self.relay_anywhere(path, body)
 
     async def snapshot(self) -> dict[str, Any]:
         """Cluster gauges for /metrics, read from Redis now."""
@@ -340,6 +363,9 @@ class Dispatcher:
         """Unload expired idle placements and forget lapsed workers; every router runs this,
         and each expiry is claimed once."""
         redis = self.state.redis
+        await self.state.renew()
+        if given_back := await self.state.reap_slots():
+            logger.warning("gave back %d slots whose router stopped renewing them", given_back)
         for worker_id in await lapsed_workers(redis):
             logger.warning("worker %s missed its heartbeats: dropping it and its models", worker_id)
             self.metrics.evictions.labels("worker_lost").inc(
@@ -361,6 +387,26 @@ class Dispatcher:
 
 class _Retry(Exception):
     pass
+
+
+def _could_hold(worker: WorkerInfo, size: ModelSize) -> bool:
+    """Whether the worker could hold the model with everything else unloaded."""
+    return not worker.memory_total or size.on(worker) <= worker.memory_total
+
+
+def _too_big(size: ModelSize, workers: list[WorkerInfo]) -> CorralError:
+    # Ollama's wording when a model cannot fit the machine at all.
+    need = min(size.on(w) for w in workers)
+    have = max(w.memory_total for w in workers)
+    return CorralError(
+        f"model requires more system memory ({need / (1 << 30):.1f} GiB) than is available ({have / (1 << 30):.1f} GiB)"
+    )
+
+
+def _expires_at(keep_alive: float | None) -> int:
+    if keep_alive is None or math.isinf(keep_alive) or keep_alive < 0:
+        return NEVER
+    return now_ms() + int(keep_alive * 1000)
 
 
 async def _first(chunks: AsyncIterator[bytes], timeout: float) -> bytes:

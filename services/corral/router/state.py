@@ -4,9 +4,12 @@ Keys (besides the worker registry of ``corral.cluster.workers``):
 
     corral:placed:<worker>     HASH  model -> JSON {"size", "since", "expires_at", "keep_alive"}
     corral:inflight:<worker>   HASH  model -> requests running there now
+    corral:slots               ZSET  "<worker> <model> <token>" -> lease expiry (ms): one per running
+                                     request, renewed by its router; a lapsed one is given back
     corral:used:<worker>       HASH  model -> last use (ms), for least-recently-used eviction
     corral:waiting:<model>     STRING  requests queued for the model, cluster-wide
     corral:lock:place          STRING  held while a router decides a load (milliseconds)
+    corral:models:generation   STRING  bumped after every model write (create, copy, delete, pull)
 
 Every multi-key change is one Lua script, so routers (any number, any of which may die at
 any moment) never see half an update: taking a slot checks residency and the slot count and
@@ -31,6 +34,9 @@ from corral.cluster.workers import PREFIX, WorkerInfo, now_ms
 NEVER = -1
 PLACE_LOCK = PREFIX + "lock:place"
 PLACE_LOCK_MS = 10_000
+SLOTS = PREFIX + "slots"
+SLOT_LEASE_MS = 10_000  # a router renews its slots every reaper pass (1 s); a dead router's lapse
+MODELS_GENERATION = PREFIX + "models:generation"
 
 
 def placed_key(worker_id: str) -> str:
@@ -61,11 +67,11 @@ class Placement:
 
 
 # Take a slot on the least loaded worker already holding the model.
-# ARGV: model, now, then (worker id, slots) pairs of eligible (live, ready) workers.
+# ARGV: model, now, lease ms, token, then (worker id, slots) pairs of eligible (live, ready) workers.
 _ACQUIRE = """
 local model, now = ARGV[1], ARGV[2]
 local best, best_n, best_used = nil, nil, nil
-for i = 3, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local w, slots = ARGV[i], tonumber(ARGV[i + 1])
   if redis.call('HEXISTS', 'corral:placed:' .. w, model) == 1 then
     local n = tonumber(redis.call('HGET', 'corral:inflight:' .. w, model) or '0')
@@ -78,24 +84,29 @@ end
 if best then
   redis.call('HINCRBY', 'corral:inflight:' .. best, model, 1)
   redis.call('HSET', 'corral:used:' .. best, model, now)
+  redis.call('ZADD', 'corral:slots', tonumber(now) + tonumber(ARGV[3]), best .. ' ' .. model .. ' ' .. ARGV[4])
 end
 return best
 """
 
 # Record a new placement and take its first slot (the load happens with that request).
-# KEYS: placed, inflight, used; ARGV: model, placement JSON, now.
+# KEYS: placed, inflight, used, slots; ARGV: model, placement JSON, now, lease expiry, slot.
 _PLACE = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
 return 1
 """
 
-# Give a slot back and set the keep-alive expiry. KEYS: placed, inflight, used.
-# ARGV: model, now, expires_at (-1 never).
+# Give a slot back and set the keep-alive expiry. KEYS: placed, inflight, used, slots.
+# ARGV: model, now, expires_at (-1 never), slot. A slot whose lease lapsed was given back already.
 _RELEASE = """
-local n = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
-if n <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
+local n = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if redis.call('ZREM', KEYS[4], ARGV[4]) == 1 then
+  n = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
+  if n <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
+end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if raw then
@@ -135,6 +146,22 @@ if n <= 0 then redis.call('DEL', KEYS[1]) end
 return n
 """
 
+# Give back the slots whose lease lapsed (their router died, or lost Redis when it ended them).
+# KEYS: slots; ARGV: now. Returns how many.
+_REAP_SLOTS = """
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for _, slot in ipairs(lapsed) do
+  local worker, model = string.match(slot, '^(%S+) (%S+) %S+$')
+  redis.call('ZREM', KEYS[1], slot)
+  if worker then
+    local key = 'corral:inflight:' .. worker
+    local n = tonumber(redis.call('HGET', key, model) or '0')
+    if n <= 1 then redis.call('HDEL', key, model) else redis.call('HINCRBY', key, model, -1) end
+  end
+end
+return #lapsed
+"""
+
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -151,25 +178,60 @@ class ClusterState:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._dequeue = redis.register_script(_DEQUEUE)
         self._unlock = redis.register_script(_UNLOCK)
+        self._reap_slots = redis.register_script(_REAP_SLOTS)
+        # The slots this router holds, by (worker, model): any one of them is given back at the
+        # end of a request there; all are renewed while they run.
+        self._held: dict[tuple[str, str], list[str]] = {}
+
+    def _take(self, worker: str, model: str) -> str:
+        slot = f"{worker} {model} {secrets.token_hex(8)}"
+        self._held.setdefault((worker, model), []).append(slot)
+        return slot
+
+    def _give_back(self, worker: str, model: str) -> str:
+        """Forget one slot (before Redis is told: if that fails, the slot's lease lapses)."""
+        held = self._held.get((worker, model))
+        slot = held.pop() if held else f"{worker} {model} unknown"
+        if not held:
+            self._held.pop((worker, model), None)
+        return slot
+
+    async def renew(self) -> None:
+        """Extend the lease of every slot this router holds (only those still there)."""
+        slots = [slot for held in self._held.values() for slot in held]
+        if slots:
+            expiry = now_ms() + SLOT_LEASE_MS
+            await self.redis.zadd(SLOTS, {slot: expiry for slot in slots}, xx=True)
+
+    async def reap_slots(self) -> int:
+        return int(await self._reap_slots(keys=[SLOTS], args=[now_ms()]))
 
     # -- slots
 
     async def acquire(self, model: str, workers: list[WorkerInfo]) -> str | None:
-        args: list[Any] = [model, now_ms()]
+        token = secrets.token_hex(8)
+        args: list[Any] = [model, now_ms(), SLOT_LEASE_MS, token]
         for worker in workers:
             args += [worker.id, worker.num_parallel]
         chosen = await self._acquire(keys=[], args=args)
-        return _text(chosen) if chosen else None
+        if not chosen:
+            return None
+        chosen = _text(chosen)
+        self._held.setdefault((chosen, model), []).append(f"{chosen} {model} {token}")
+        return chosen
 
-    async def place(self, worker: str, model: str, size: int) -> None:
+    async def place(self, worker: str, model: str, size: int, expires_at: int = NEVER) -> None:
         now = now_ms()
-        record = json.dumps({"size": size, "since": now, "expires_at": NEVER})
-        await self._place(keys=[placed_key(worker), inflight_key(worker), used_key(worker)], args=[model, record, now])
+        record = json.dumps({"size": size, "since": now, "expires_at": expires_at})
+        slot = self._take(worker, model)
+        await self._place(keys=[placed_key(worker), inflight_key(worker), used_key(worker), SLOTS],
+                          args=[model, record, now, now + SLOT_LEASE_MS, slot])
 
     async def release(self, worker: str, model: str, expires_at: int) -> int:
         """Give the slot back; returns how many requests still run on that placement."""
-        keys = [placed_key(worker), inflight_key(worker), used_key(worker)]
-        return int(await self._release(keys=keys, args=[model, now_ms(), expires_at]))
+        keys = [placed_key(worker), inflight_key(worker), used_key(worker), SLOTS]
+        slot = self._give_back(worker, model)
+        return int(await self._release(keys=keys, args=[model, now_ms(), expires_at, slot]))
 
     async def claim_unload(self, worker: str, model: str, *, expired_only: bool) -> bool:
         keys = [placed_key(worker), inflight_key(worker), used_key(worker)]
@@ -188,6 +250,14 @@ class ClusterState:
 
     async def waiting(self, model: str) -> int:
         return int(await self.redis.get(waiting_key(model)) or 0)
+
+    # -- the model store's generation
+
+    async def models_generation(self) -> int:
+        return int(await self.redis.get(MODELS_GENERATION) or 0)
+
+    async def models_changed(self) -> None:
+        await self.redis.incr(MODELS_GENERATION)
 
     # -- the placement lock
 

@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.api.http import OllamaAccessMiddleware, RequestMetricsMiddleware, install_error_handlers
+from corral.cluster.workers import MODELS_GENERATION_HEADER
 from corral.store.gguf import GGUFCache
 from corral.store.cache import BlobCache
 from corral.store.local import LocalStore
@@ -72,6 +74,25 @@ def cluster_stores(settings: WorkerSettings, local: LocalStore, registries: Regi
     return cluster, cache
 
 
+class ModelsGenerationMiddleware:
+    """In a cluster: drop cached registry reads when a router says the models changed."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.seen = b""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for key, value in scope["headers"]:
+                if key == MODELS_GENERATION_HEADER.encode() and value != self.seen:
+                    self.seen = value
+                    store = getattr(scope["app"].state, "models", None)
+                    invalidate = getattr(getattr(store, "store", None), "invalidate", None)
+                    if invalidate is not None:
+                        invalidate()
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: WorkerSettings) -> FastAPI:
     """The worker's app. With REDIS_URL, ``app.state.registration`` is its membership of the
     cluster: ``WorkerServer`` (``corral worker``) starts it once listening and drains it on
@@ -121,4 +142,6 @@ def create_app(settings: WorkerSettings) -> FastAPI:
         loopback_only=listen.host in ("127.0.0.1", "localhost", "::1"),
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    if settings.CORRAL_REGISTRY_URL:
+        app.add_middleware(ModelsGenerationMiddleware)
     return app
