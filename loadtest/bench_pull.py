@@ -51,6 +51,7 @@ from harness import (  # noqa: E402  (loadtest/harness.py: what the load tests s
     Worker,
     banners,
     best,
+    comm,
     cpu_pressure,
     exit_on_sigterm,
     exit_status,
@@ -58,6 +59,7 @@ from harness import (  # noqa: E402  (loadtest/harness.py: what the load tests s
     free_port,
     loadavg,
     machine,
+    proc_stat,
     median,
     samples,
     save,
@@ -82,7 +84,6 @@ SMALL_TIMEOUT_S = 30.0  # one small request (manifest, delete, upload start)
 MIN_TRANSFER_TIMEOUT_S = 120.0  # one blob transfer, at least ...
 SLOWEST_RATE = 10e6  # ... or the time it takes at 10 MB/s, whichever is longer
 OTHER_CPU_NOISY = 0.10  # other processes using more than 10% of a core during a run: noisy
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- small helpers ----------------------------------------------------------------------
@@ -134,29 +135,9 @@ def reset_peak_rss(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def proc_stat(pid: int) -> tuple[int, int, float] | None:
-    """(ppid, session id, CPU seconds) of a process, or None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    # after "pid (comm) ": state ppid pgrp session ... utime(14th) stime(15th)
-    return int(fields[1]), int(fields[3]), (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def process_cpu_s(pid: int) -> float:
     stat = proc_stat(pid)
     return stat[2] if stat else float("nan")
-
-
-def comm(pid: int) -> str:
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        words = [w.decode(errors="replace") for w in cmd if w][:4]
-        return " ".join(words)[:80] or Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return "?"
 
 
 class OtherCPU:

@@ -1,6 +1,6 @@
 """What the load tests in this folder share: time limits, statistics, machine facts, child processes.
 
-``bench_worker.py`` and ``bench_pull.py`` import it as ``harness``; run as
+``bench_worker.py``, ``bench_pull.py`` and ``bench_router.py`` import it as ``harness``; run as
 ``.venv/bin/python loadtest/bench_*.py`` from the repository root, Python puts this folder on
 ``sys.path`` first, and each script also inserts it, so that importing them from elsewhere works.
 """
@@ -126,6 +126,106 @@ def machine() -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
     }
+
+
+# -- CPU time from /proc ---------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_stat(pid: int) -> tuple[int, int, float] | None:
+    """(ppid, session id, user + system CPU seconds of all its threads) of a process, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    # after "pid (comm) ": state ppid pgrp session ... utime(14th) stime(15th)
+    return int(fields[1]), int(fields[3]), (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid``."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = proc_stat(int(entry.name))
+            if stat and stat[0] == pid:
+                out.append(int(entry.name))
+    return sorted(out)
+
+
+def comm(pid: int) -> str:
+    """A process's command line (first words, at most 80 characters)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        words = [w.decode(errors="replace") for w in cmd if w][:4]
+        return " ".join(words)[:80] or Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+class CpuMeter:
+    """CPU seconds over an interval, by role: each role is a process session (a Service started with
+    its own session counts with everything it forks), this process is ``self``, and every other
+    process on the machine (not kernel threads, not our direct children) is an *other*.
+
+        meter = CpuMeter(); meter.add("router", router.pid)
+        before = meter.snapshot(); ...; used = meter.since(before)   # {"router": 1.2, "self": 0.4, ...}
+        used.others  # {pid: seconds} of everybody else
+    """
+
+    def __init__(self) -> None:
+        self.roles: dict[int, str] = {}  # session id -> role
+
+    def add(self, role: str, session: int) -> None:
+        self.roles[session] = role
+
+    def snapshot(self) -> dict:
+        me = os.getpid()
+        roles = dict.fromkeys(self.roles.values(), 0.0)
+        roles["self"] = 0.0
+        others: dict[int, float] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            stat = proc_stat(pid)
+            if stat is None:
+                continue
+            ppid, sid, cpu = stat
+            if pid == me:
+                roles["self"] += cpu
+            elif sid in self.roles:
+                roles[self.roles[sid]] += cpu
+            elif pid != 2 and ppid not in (me, 2):
+                others[pid] = cpu
+        return {"roles": roles, "others": others, "t": time.monotonic()}
+
+    def since(self, before: dict) -> "CpuUse":
+        after = self.snapshot()
+        roles = {role: after["roles"][role] - before["roles"].get(role, 0.0) for role in after["roles"]}
+        others = {pid: cpu - before["others"].get(pid, 0.0) for pid, cpu in after["others"].items()
+                  if cpu - before["others"].get(pid, 0.0) > 0}
+        return CpuUse(roles, others, after["t"] - before["t"])
+
+
+class CpuUse(dict):
+    """CPU seconds by role over ``seconds`` of wall time; ``others`` holds everybody else's, by pid."""
+
+    def __init__(self, roles: dict[str, float], others: dict[int, float], seconds: float) -> None:
+        super().__init__(roles)
+        self.others = others
+        self.seconds = seconds
+
+    @property
+    def other_cores(self) -> float:
+        return sum(self.others.values()) / self.seconds if self.seconds > 0 else float("nan")
+
+    def top_others(self, limit: int = 3) -> str:
+        busiest = sorted(self.others.items(), key=lambda kv: -kv[1])[:limit]
+        return ", ".join(f"`{comm(pid)}` {100 * cpu / self.seconds:.0f}%" for pid, cpu in busiest
+                         if self.seconds > 0 and cpu / self.seconds >= 0.02)
 
 
 # -- child processes ------------------------------------------------------------------------
