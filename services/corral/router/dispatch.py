@@ -317,8 +317,9 @@ class Dispatcher:
                 await upstream.aclose()
                 await self.finish(worker, model, keep_alive)
 
-    async def relay_anywhere(self, path: str, body: dict[str, Any]) -> Response:
-        workers = [w for w in await self.workers() if w.state == STATE_READY]
+    async def relay_anywhere(self, path: str, body: dict[str, Any], avoid: set[str] = frozenset()) -> Response:
+        ready = [w for w in await self.workers() if w.state == STATE_READY]
+        workers = [w for w in ready if w.id not in avoid] or ready
         if not workers:
             raise ClusterUnavailableError("no workers available")
         try:
@@ -335,11 +336,18 @@ class Dispatcher:
         """``keep_alive: 0`` with nothing to run: unload the model from every worker holding it."""
         everyone = await self.workers()
         holders = {p.worker for p in await self.state.placements([w.id for w in everyone]) if p.model == model}
+        busy = set()
         for worker in everyone:
-            if worker.id in holders and await self.state.claim_unload(worker.id, model, expired_only=False):
+            if worker.id not in holders:
+                continue
+            if await self.state.claim_unload(worker.id, model, expired_only=False):
                 self.metrics.evictions.labels("request").inc()
                 await self.unload(worker, model)
-        return await self.relay_anywhere(path, body)
+            else:
+                busy.add(worker.id)  # requests still run there: the reaper unloads it later
+        # The answer comes from a worker (Ollama's wording lives there), but never from one
+        # still serving the model: the unload order would reach it behind the router's back.
+        return await self.relay_anywhere(path, body, avoid=busy)
 
     async def snapshot(self) -> dict[str, Any]:
         """Cluster gauges for /metrics, read from Redis now."""
