@@ -353,3 +353,15 @@ class RequestMetricsMiddleware:
             label = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(label, str(status)).inc()
             self.metrics.request_seconds.labels(label).observe(time.perf_counter() - started)
+
+
+def serve_ollama_api(app: FastAPI, settings: Any, metrics: Any) -> None:
+    """What every service serving the Ollama API adds around its routes: the one error
+    mapping, Ollama's CORS and Host checks (``settings``: a CommonSettings), request metrics."""
+    install_error_handlers(app)
+    app.add_middleware(
+        OllamaAccessMiddleware,
+        origins=settings.OLLAMA_ORIGINS,
+        loopback_only=settings.listen.host in ("127.0.0.1", "localhost", "::1"),
+    )
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)

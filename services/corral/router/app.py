@@ -24,11 +24,9 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.api.http import (
-    OllamaAccessMiddleware,
-    RequestMetricsMiddleware,
-    install_error_handlers,
     json_response,
     read_json,
+    serve_ollama_api,
 )
 from corral.api.streams import format_time
 from corral.router.dispatch import ClusterUnavailableError, Dispatcher
@@ -116,11 +114,7 @@ async def metrics(request: Request) -> Response:
 async def ps(request: Request) -> Response:
     """Each loaded model once, with the workers holding it (Corral's ``workers`` field)."""
     d = dispatcher(request)
-    try:
-        workers = await d.workers()
-        placements = await d.state.placements([w.id for w in workers])
-    except RedisError as exc:
-        raise ClusterUnavailableError(f"cluster state unavailable: {exc}") from exc
+    workers, placements = await _cluster_view(d)
     by_worker = {w.id: w for w in workers}
     held: dict[str, list[Any]] = {}
     for placement in placements:
@@ -148,11 +142,7 @@ async def ps(request: Request) -> Response:
 @router.get("/api/cluster/workers")
 async def cluster_workers(request: Request) -> Response:
     d = dispatcher(request)
-    try:
-        workers = await d.workers()
-        placements = await d.state.placements([w.id for w in workers])
-    except RedisError as exc:
-        raise ClusterUnavailableError(f"cluster state unavailable: {exc}") from exc
+    workers, placements = await _cluster_view(d)
     out = []
     for worker in workers:
         mine = [p for p in placements if p.worker == worker.id]
@@ -162,6 +152,15 @@ async def cluster_workers(request: Request) -> Response:
             "models": sorted(p.model for p in mine),
         })
     return json_response({"workers": out})
+
+
+async def _cluster_view(d: Dispatcher) -> tuple[list[Any], list[Any]]:
+    """Live workers and their placements, or 503 when Redis cannot say."""
+    try:
+        workers = await d.workers()
+        return workers, await d.state.placements([w.id for w in workers])
+    except RedisError as exc:
+        raise ClusterUnavailableError(f"cluster state unavailable: {exc}") from exc
 
 
 async def _worker_ps(http: httpx.AsyncClient, url: str) -> list[dict]:
@@ -233,17 +232,10 @@ def create_app(settings: RouterSettings) -> FastAPI:
             await redis.aclose()
 
     app = FastAPI(title="Corral router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    install_error_handlers(app)
     app.include_router(router)
     app.include_router(models_router)
     app.add_middleware(FreshModelsMiddleware)
-    listen = settings.listen
-    app.add_middleware(
-        OllamaAccessMiddleware,
-        origins=settings.OLLAMA_ORIGINS,
-        loopback_only=listen.host in ("127.0.0.1", "localhost", "::1"),
-    )
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    serve_ollama_api(app, settings, metrics)
     return app
 
 

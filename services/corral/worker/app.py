@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from corral.api.http import OllamaAccessMiddleware, RequestMetricsMiddleware, install_error_handlers
+from corral.api.http import serve_ollama_api
 from corral.cluster.workers import MODELS_GENERATION_HEADER
 from corral.store.gguf import GGUFCache
 from corral.store.cache import BlobCache
@@ -132,16 +132,9 @@ def create_app(settings: WorkerSettings) -> FastAPI:
 
     app = FastAPI(title="Corral worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.registration = registration
-    install_error_handlers(app)
     app.include_router(router)
     app.include_router(models_router)
-    listen = settings.listen
-    app.add_middleware(
-        OllamaAccessMiddleware,
-        origins=settings.OLLAMA_ORIGINS,
-        loopback_only=listen.host in ("127.0.0.1", "localhost", "::1"),
-    )
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    serve_ollama_api(app, settings, metrics)
     if settings.CORRAL_REGISTRY_URL:
         app.add_middleware(ModelsGenerationMiddleware)
     return app
