@@ -88,7 +88,7 @@ async def main(args: argparse.Namespace) -> None:
                       labels={"fake": "paced"})
     redis = aioredis.from_url(args.redis)
     config = uvicorn.Config(make_app(args.tokens, args.pace_ms / 1000), host="127.0.0.1", port=args.port,
-                            log_level="warning", access_log=False, lifespan="on")
+                            log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=75)
     server = uvicorn.Server(config)
 
     async def beat() -> None:

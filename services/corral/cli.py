@@ -49,6 +49,8 @@ def run_worker(_args: argparse.Namespace) -> None:
         port=listen.port,
         log_config=None,
         access_log=False,
+        # Routers keep connections to workers open between requests (router/upstream.py).
+        timeout_keep_alive=75,
         timeout_graceful_shutdown=settings.drain_timeout_seconds,
     )
     server = WorkerServer(config, app.state.registration)
@@ -90,6 +92,14 @@ def run_up(args: argparse.Namespace) -> None:
     raise SystemExit(code)
 
 
+def run_pull(args: argparse.Namespace) -> None:
+    from corral.preload import endpoint_from_env, run
+
+    models = [m for arg in args.models for m in arg.replace(",", " ").split()]
+    endpoint = args.host or endpoint_from_env(os.environ.get("OLLAMA_HOST", ""))
+    raise SystemExit(run(models, endpoint=endpoint, wait_s=args.wait, insecure=args.insecure))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="corral", description="An Ollama-compatible LLM serving cluster.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +113,12 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--routers", type=int, default=1, help="routers behind nginx (default 1)")
     up.add_argument("--data-dir", default="~/.corral", help="models, state and logs (default ~/.corral)")
     up.set_defaults(func=run_up)
+    pull = sub.add_parser("pull", help="pull models through a running endpoint (OLLAMA_HOST), e.g. to preload them")
+    pull.add_argument("models", nargs="+", help="model names (a comma- or space-separated list also works)")
+    pull.add_argument("--host", default="", help="endpoint URL (default from OLLAMA_HOST, else 127.0.0.1:11434)")
+    pull.add_argument("--wait", type=float, default=0, help="seconds to wait for the endpoint to answer first")
+    pull.add_argument("--insecure", action="store_true", help="allow insecure connections to the registry")
+    pull.set_defaults(func=run_pull)
     args = parser.parse_args(argv)
     args.func(args)
 

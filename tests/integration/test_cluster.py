@@ -407,14 +407,79 @@ def test_full_queue_answers_503_with_retry_after(small_cluster: Cluster):
     generate(c, "q1", 1)
 
 
+def test_clients_that_leave_give_their_slot_and_place_back(small_cluster: Cluster):
+    """A stream whose client hangs up after the first line, and a request whose client gives up
+    while queued behind it: the queue place and the slot both come back, so the model can be
+    unloaded (an unload only happens when nothing runs on it) and serves the next request."""
+    c = small_cluster
+    generate(c, "q1", 1)
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", c.endpoint + "/api/generate", json=gen("q1", 2000, stream=True)) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            assert "response" in json.loads(next(lines))
+            # The slot is taken: this one queues, and its client leaves after a second.
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(c.endpoint + "/api/generate", json=gen("q1", 4), timeout=1.0)
+            wait_for("the queued request that left to give its place back",
+                     lambda: queue_depth(c.metrics(), "q1") == 0, timeout=10)
+        # leaving the block closed the stream's connection mid-generation
+
+    def unloaded() -> bool:
+        r = c.post("/api/generate", {"model": "q1", "keep_alive": 0})
+        assert r.status_code == 200, r.text
+        return not c.ps()
+
+    wait_for("q1 to be unloaded once its clients left", unloaded, timeout=30, interval=0.5)
+    assert generate(c, "q1", 1)["done"]
+
+
+# == conversations: two replicas of one model, ties go to the worker that served the conversation ==
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory, gguf_path: Path, gguf_digest: str) -> Iterator[Cluster]:
+    """Two workers, one slot per replica, and a replica as soon as a request has to wait."""
+    env = {"OLLAMA_NUM_PARALLEL": "1", "CORRAL_REPLICATE_AFTER": "0", "OLLAMA_KEEP_ALIVE": "10m"}
+    with Cluster(tmp_path_factory.mktemp("replicated"), workers=2, routers=2, env=env) as c:
+        c.import_models(gguf_path, gguf_digest, ["a1"])
+        outcomes = run_concurrently(c.endpoint, [gen("a1", 16, stream=False) for _ in range(2)], timeout=120)
+        assert all(o.ok() for o in outcomes), describe(outcomes)
+        assert sorted(c.ps()["a1:latest"]) == ["worker-1", "worker-2"], "the waiting request loaded a replica"
+        yield c
+
+
+def test_a_conversation_stays_with_the_worker_that_served_it(replicated: Cluster):
+    """With both replicas idle, least-recently-used spreading alone would alternate a chat's
+    turns between the workers; the turns of one conversation go to the worker that holds its
+    prefix instead (DESIGN.md, placement step 1)."""
+    c = replicated
+    urls = {w["id"]: w["url"] for w in c.workers()}
+
+    def chats_served() -> dict[str, float]:
+        return {wid: c.metrics([url]).value("corral_worker_requests_total", route="/api/chat", status="200")
+                for wid, url in urls.items()}
+
+    served_by: dict[str, list[str]] = {}
+    for topic in ("the sea", "the mountains"):
+        messages = [{"role": "system", "content": "Answer briefly."},
+                    {"role": "user", "content": f"Tell me about {topic}."}]
+        for turn in range(3):
+            before = chats_served()
+            r = c.post("/api/chat", {"model": "a1", "messages": messages, "stream": False,
+                                     "options": {"num_predict": 4, "temperature": 0}})
+            assert r.status_code == 200, r.text
+            after = chats_served()
+            [worker] = [wid for wid in urls if after[wid] > before[wid]]
+            served_by.setdefault(topic, []).append(worker)
+            messages += [r.json()["message"], {"role": "user", "content": "Tell me more."}]
+    for topic, workers in served_by.items():
+        assert len(set(workers)) == 1, f"{topic}: turns served by {workers}"
+
+
 # == faults: each test kills something, so each has a cluster of its own ==========================
 
 
-@pytest.mark.skip(
-    reason="flaky in one CI run: after the SIGKILLed worker left /api/cluster/workers (lease lapsed), it was "
-    "listed again before the test ended; every request assertion passed. Open (router issue): find what "
-    "re-adds it to corral:workers."
-)
 def test_worker_killed_under_load(tmp_path, gguf_path: Path, gguf_digest: str):
     """SIGKILL a worker while 24 requests run: every non-streamed request still succeeds
     (retried before its first byte), every stream completes or ends with an error line, nothing

@@ -147,12 +147,11 @@ def test_client_that_leaves_stops_its_generation(tmp_path, models_dir):
             for i, _ in enumerate(r.iter_lines()):
                 if i == 3:
                     break
-        # The only slot is free again long before 2,000 tokens could have been generated.
-        started = time.monotonic()
+        # The only slot is free again long before 2,000 tokens could have been generated: the
+        # next request runs, and the count of generated tokens shows the first one stopped.
         r = httpx.post(proc.url + "/api/generate", json={"model": MODEL_NAME, "prompt": "Hi", "stream": False,
                                                          "options": {"num_predict": 2}}, timeout=60)
         assert r.status_code == 200
-        assert time.monotonic() - started < 5
         metrics = httpx.get(proc.url + "/metrics").text
         generated = [line for line in metrics.splitlines()
                      if line.startswith("corral_worker_generated_tokens_total{")]

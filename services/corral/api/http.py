@@ -66,7 +66,10 @@ def _go_kind(value: Any) -> str:
 
 async def read_json(request: Request, *, struct: str = "Request") -> dict[str, Any]:
     """The request's JSON object, with Ollama's messages for empty and malformed bodies."""
-    body = await request.body()
+    return parse_json_body(await request.body(), struct=struct)
+
+
+def parse_json_body(body: bytes, *, struct: str = "Request") -> dict[str, Any]:
     if len(body) > MAX_JSON_BODY:
         raise BadRequestError("http: request body too large")
     if not body.strip():
@@ -197,12 +200,17 @@ def sse_stream(events: AsyncIterator[bytes], on_error: Callable[[str], bytes]) -
 # -- errors ------------------------------------------------------------------------------
 
 
+def answer_error(method: str, path: str, exc: CorralError) -> Response:
+    """The response for a CorralError raised while serving ``method path``."""
+    if exc.status >= 500:
+        logger.warning("%s %s: %s", method, path, exc.message)
+    return error_response(exc, openai=is_openai(path))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CorralError)
     async def corral_error(request: Request, exc: CorralError) -> Response:
-        if exc.status >= 500:
-            logger.warning("%s %s: %s", request.method, request.url.path, exc.message)
-        return error_response(exc, openai=is_openai(request))
+        return answer_error(request.method, request.url.path, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -240,9 +248,18 @@ class OllamaAccessMiddleware:
         self.patterns = extra + _DEFAULT_ORIGINS
         self.loopback_only = loopback_only
         self.hostname = socket.gethostname().lower()
+        self._hosts: dict[str, bool] = {}
 
     def _origin_allowed(self, origin: str) -> bool:
         return self.allow_all or any(fnmatch.fnmatchcase(origin, p) for p in self.patterns)
+
+    def _host_allowed_cached(self, host: str) -> bool:
+        allowed = self._hosts.get(host)
+        if allowed is None:
+            if len(self._hosts) >= 1024:  # bounded: Host is the client's to choose
+                self._hosts.clear()
+            allowed = self._hosts[host] = self._host_allowed(host)
+        return allowed
 
     def _host_allowed(self, host: str) -> bool:
         if not host:
@@ -265,12 +282,18 @@ class OllamaAccessMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        host = headers.get("host", "")
-        if self.loopback_only and not self._host_allowed(host):
+        # Every request passes here: pick out the three headers that matter (ASGI names are lowercase).
+        host, origin, preflight = "", None, False
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value.decode("latin-1")
+            elif name == b"origin":
+                origin = value.decode("latin-1")
+            elif name == b"access-control-request-method":
+                preflight = True
+        if self.loopback_only and not self._host_allowed_cached(host):
             await Response(status_code=403)(scope, receive, send)
             return
-        origin = headers.get("origin")
         same_origin = origin in (f"http://{host}", f"https://{host}")
         if origin is None or same_origin:
             await self.app(scope, receive, send)
@@ -279,7 +302,7 @@ class OllamaAccessMiddleware:
             await Response(status_code=403)(scope, receive, send)
             return
         allow_origin = "*" if self.allow_all else origin
-        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+        if scope["method"] == "OPTIONS" and preflight:
             await Response(
                 status_code=204,
                 headers={

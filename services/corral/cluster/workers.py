@@ -56,10 +56,15 @@ class WorkerInfo:
     state: str = STATE_READY
     started_at: int = 0  # ms since epoch
     version: str = ""
+    # When its lease runs out, as read from corral:workers (ms since epoch; not stored in the record):
+    # a router that keeps the list a moment still sees a worker leave at the right time.
+    lease_until: int = 0
 
     def to_redis(self) -> dict[str, str]:
         out = {}
         for key, value in asdict(self).items():
+            if key == "lease_until":
+                continue
             out[key] = json.dumps(value) if isinstance(value, dict) else str(value)
         return out
 
@@ -118,15 +123,20 @@ async def deregister(redis: Any, worker_id: str) -> None:
 
 async def live_workers(redis: Any) -> list[WorkerInfo]:
     """Workers whose lease holds, ready or draining, in id order."""
-    ids = await redis.zrangebyscore(WORKERS, now_ms(), "+inf")
-    if not ids:
+    leases = await redis.zrangebyscore(WORKERS, now_ms(), "+inf", withscores=True)
+    if not leases:
         return []
     async with redis.pipeline(transaction=False) as pipe:
-        for worker_id in ids:
+        for worker_id, _ in leases:
             pipe.hgetall(worker_key(_s(worker_id)))
         records = await pipe.execute()
-    workers = [WorkerInfo.from_redis(record) for record in records if record]
-    return sorted((w for w in workers if w is not None), key=lambda w: w.id)
+    workers = []
+    for (_, lease_until), record in zip(leases, records):
+        worker = WorkerInfo.from_redis(record) if record else None
+        if worker is not None:
+            worker.lease_until = int(lease_until)
+            workers.append(worker)
+    return sorted(workers, key=lambda w: w.id)
 
 
 async def lapsed_workers(redis: Any) -> list[str]:

@@ -30,7 +30,9 @@ from corral.api.http import (
 )
 from corral.api.streams import format_time
 from corral.router.dispatch import ClusterUnavailableError, Dispatcher
+from corral.router.forward import FORWARDED, ForwardEndpoint, ForwardShortcut
 from corral.router.metrics import RouterMetrics
+from corral.router.redis_lane import RedisLane
 from corral.router.settings import RouterSettings
 from corral.router.state import NEVER, ClusterState
 from corral.store import routes as store_routes
@@ -68,25 +70,10 @@ async def version() -> Response:
     return json_response({"version": OLLAMA_VERSION})
 
 
-_FORWARDED = [
-    ("/api/generate", "GenerateRequest"), ("/api/chat", "ChatRequest"), ("/api/embed", "EmbedRequest"),
-    ("/api/embeddings", "EmbeddingRequest"), ("/v1/chat/completions", "ChatCompletionRequest"),
-    ("/v1/completions", "CompletionRequest"), ("/v1/embeddings", "EmbedRequest"),
-    ("/v1/responses", "ResponsesRequest"),
-]
-
-
-def _forwarder(path: str, struct: str):
-    async def forward(request: Request) -> Response:
-        body = await read_json(request, struct=struct)
-        return await dispatcher(request).forward(request, path, body)
-
-    forward.__name__ = "forward_" + path.strip("/").replace("/", "_")
-    return forward
-
-
-for _path, _struct in _FORWARDED:
-    router.add_api_route(_path, _forwarder(_path, _struct), methods=["POST"])
+_FORWARD_ROUTES = {}
+for _path in FORWARDED:
+    router.add_route(_path, ForwardEndpoint(_path), methods=["POST"])
+    _FORWARD_ROUTES[_path] = router.routes[-1]
 
 
 @router.post("/api/show")
@@ -176,7 +163,8 @@ def _match(entries: dict[str, dict], model: str) -> dict | None:
     return entries.get(key) or entries.get(f"{key}:latest")
 
 
-# Routes that change the cluster's models, and routes that never read them.
+# Routes that change the cluster's models, and routes that never read them. (The forwarded
+# routes read the generation with their slot: dispatch.py.)
 _MODEL_WRITES = {"/api/create", "/api/copy", "/api/delete", "/api/pull"}
 _NO_MODELS = {"/", "/api/version", "/metrics", "/api/ps", "/api/cluster/workers"}
 
@@ -190,7 +178,7 @@ class FreshModelsMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in _NO_MODELS:
+        if scope["type"] != "http" or scope["path"] in _NO_MODELS or scope["path"] in FORWARDED:
             await self.app(scope, receive, send)
             return
         d: Dispatcher = scope["app"].state.dispatcher
@@ -220,7 +208,8 @@ def create_app(settings: RouterSettings) -> FastAPI:
         client = RegistryClient()
         store = RegistryStore(settings.CORRAL_REGISTRY_URL, client=client, spool_dir=settings.CORRAL_SPOOL_DIR)
         app.state.models = RouterModels(store, Registries(client, mirrors=settings.registry_mirrors))
-        app.state.dispatcher = d = Dispatcher(settings, ClusterState(redis), store, http, metrics)
+        lane = RedisLane(settings.REDIS_URL) if RedisLane.supports(settings.REDIS_URL) else None
+        app.state.dispatcher = d = Dispatcher(settings, ClusterState(redis, lane), store, http, metrics)
         reaper = asyncio.create_task(_reap_forever(d))
         try:
             yield
@@ -228,12 +217,16 @@ def create_app(settings: RouterSettings) -> FastAPI:
             reaper.cancel()
             with suppress(asyncio.CancelledError):
                 await reaper
+            d.upstream.close()
+            if lane is not None:
+                lane.close()
             await http.aclose()
             await redis.aclose()
 
     app = FastAPI(title="Corral router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(router)
     app.include_router(models_router)
+    app.add_middleware(ForwardShortcut, routes=_FORWARD_ROUTES)
     app.add_middleware(FreshModelsMiddleware)
     serve_ollama_api(app, settings, metrics)
     return app
@@ -262,4 +255,6 @@ def from_env() -> FastAPI:
 
     settings = RouterSettings()
     configure_logging(level=settings.log_level, fmt=settings.CORRAL_LOG_FORMAT)
+    # httpx logs every request at INFO; the router's own lines say what matters.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     return create_app(settings)

@@ -22,28 +22,27 @@ single Ollama would.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import httpx
-from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from redis.exceptions import RedisError
 
 from corral.api.durations import DurationError, parse_keep_alive
 from corral.api.errors import CorralError, NotFoundError, RequestCanceledError, ServerBusyError, UpstreamError
-from corral.api.streams import ndjson_line
 from corral.cluster.workers import MODELS_GENERATION_HEADER, STATE_READY, WorkerInfo, lapsed_workers, live_workers, now_ms
 from corral.router.metrics import RouterMetrics
 from corral.router.placement import plan_load
 from corral.router.settings import RouterSettings
 from corral.router.state import NEVER, ClusterState
+from corral.router.upstream import Reply, Upstream, UpstreamBroken
 from corral.store.gguf import kv_cache_bytes
 from corral.store.names import ModelName, is_valid_name
 from corral.store.oci import RegistryStore
@@ -51,6 +50,9 @@ from corral.store.oci import RegistryStore
 logger = logging.getLogger(__name__)
 
 WORKERS_CACHE_S = 0.5
+# A model's size by name is kept this long, and dropped at once when a model changes through any
+# router (the generation check); what changes behind Corral's back is seen within this time.
+SIZE_BY_NAME_S = 2.0
 QUEUE_POLL_S = 0.02
 UNLOAD_TIMEOUT_S = 30.0
 # Response headers that describe the hop, not the content.
@@ -67,6 +69,34 @@ class ModelSize:
         return self.weights + self.kv_per_sequence * max(1, worker.num_parallel)
 
 
+class Downstream:
+    """The client's side of one forwarded request, as far as placing it is concerned."""
+
+    __slots__ = ("disconnected", "reply")
+
+    def __init__(self) -> None:
+        self.disconnected = False
+        self.reply: Reply | None = None  # the worker's answer being waited for or relayed
+
+    def gone(self) -> None:
+        """The client left: stop queueing, and close the worker connection so the worker stops too."""
+        self.disconnected = True
+        if self.reply is not None:
+            self.reply.fail(UpstreamBroken("the client went away"))
+
+
+@dataclass
+class Forwarded:
+    """A worker is answering: its reply, the body's first piece (all of it when not streamed)
+    and the slot to give back when done."""
+
+    reply: Reply
+    first: bytes
+    worker: WorkerInfo
+    model: str
+    keep_alive: float | None
+
+
 class ClusterUnavailableError(CorralError):
     status = 503
 
@@ -80,12 +110,15 @@ class Dispatcher:
         metrics: RouterMetrics,
     ) -> None:
         self.settings = settings
+        # Inference goes through the lean client; httpx serves the rare calls (unload, ps, show).
+        self.upstream = Upstream(settings.CORRAL_CONNECT_TIMEOUT)
         self.metrics = metrics
         self.state = state
         self.store = store
         self.http = http
         self._workers: tuple[float, list[WorkerInfo]] = (0.0, [])
-        self._sizes: dict[str, ModelSize] = {}
+        self._sizes: dict[str, ModelSize] = {}  # by the model's digest
+        self._by_name: dict[str, tuple[float, ModelSize]] = {}
         self._models_generation = 0
 
     # -- cluster reads
@@ -93,20 +126,37 @@ class Dispatcher:
     async def workers(self) -> list[WorkerInfo]:
         at, cached = self._workers
         if time.monotonic() - at < WORKERS_CACHE_S:
-            return cached
+            now = now_ms()  # a lease may have run out since the list was read
+            return [w for w in cached if w.lease_until > now]
         workers = await live_workers(self.state.redis)
         self._workers = (time.monotonic(), workers)
         return workers
 
-    async def sync_models(self) -> None:
-        """Drop this router's cached registry reads if a model changed through any router since."""
-        generation = await self.state.models_generation()
-        if generation != self._models_generation:
-            self._models_generation = generation
-            self.store.invalidate()
+    async def sync_models(self) -> bool:
+        """Drop this router's cached registry reads if a model changed through any router since
+        (True then)."""
+        return self._models_seen(await self.state.models_generation())
+
+    def _models_seen(self, generation: int) -> bool:
+        if generation == self._models_generation:
+            return False
+        self._models_generation = generation
+        self.store.invalidate()
+        self._by_name.clear()
+        return True
 
     async def model_size(self, model: str) -> ModelSize:
         """What loading the model takes: weights plus a KV cache per sequence at the default context."""
+        at, size = self._by_name.get(model, (0.0, None))
+        if size is not None and time.monotonic() - at < SIZE_BY_NAME_S:
+            return size  # no trip to the store's thread for every request
+        size = await self._model_size(model)
+        if len(self._by_name) > 1024:
+            self._by_name.clear()
+        self._by_name[model] = (time.monotonic(), size)
+        return size
+
+    async def _model_size(self, model: str) -> ModelSize:
         record = await self.store.get(model)
         cached = self._sizes.get(record.digest)
         if cached is not None:
@@ -126,9 +176,9 @@ class Dispatcher:
 
     # -- one request
 
-    async def forward(self, request: Request, path: str, body: dict[str, Any]) -> Response:
+    async def forward(self, client: Downstream, path: str, body: dict[str, Any]) -> Forwarded | Response:
         try:
-            return await self._forward(request, path, body)
+            return await self._forward(client, path, body)
         except RedisError as exc:
             self.metrics.rejections.labels("redis").inc()
             raise ClusterUnavailableError(f"cluster state unavailable: {exc}") from exc
@@ -139,57 +189,76 @@ class Dispatcher:
             self.metrics.rejections.labels("no_workers").inc()
             raise
 
-    async def _forward(self, request: Request, path: str, body: dict[str, Any]) -> Response:
+    async def _forward(self, client: Downstream, path: str, body: dict[str, Any]) -> Forwarded | Response:
         model = body.get("model")
         keep_alive = self._keep_alive(body)
         size = None
         if isinstance(model, str) and model and is_valid_name(model) and keep_alive is not None:
-            try:
-                size = await self.model_size(model)
-            except NotFoundError:
-                size = None
+            size = await self._size_if_known(model)
         if size is None:  # unknown model or a bad field: let a worker give Ollama's answer
             return await self.relay_anywhere(path, body)
         model = ModelName.parse(model).display  # one placement per model: "m" and "m:latest" are one
         if keep_alive == 0 and _is_empty(body):
             return await self._unload_everywhere(model, path, body)
         payload = json.dumps({**body, "keep_alive": -1} if path.startswith("/api/") else body).encode()
+        headers = [("content-type", "application/json"), (MODELS_GENERATION_HEADER, str(self._models_generation))]
+        affinity = affinity_key(path, body)
         exclude: set[str] = set()
         last_error = "no worker could serve the request"
         started = time.perf_counter()
+        timeout = self.settings.load_timeout_seconds
         for attempt in range(1 + self.settings.CORRAL_RETRIES):
             if attempt:
                 self.metrics.retries.inc()
-            worker = await self.lease(request, model, size, exclude, keep_alive)
+            worker = await self.lease(client, model, size, exclude, keep_alive, affinity)
+            reply = None
             try:
-                upstream = await self._send(worker, path, payload)
-                if upstream.status_code in _RETRY_STATUSES:
-                    last_error = f"worker {worker.id} answered {upstream.status_code}"
-                    await upstream.aclose()
-                    raise _Retry()
-                chunks = upstream.aiter_raw()
-                first = await _first(chunks, self.settings.load_timeout_seconds)
-            except (httpx.TransportError, _Retry, asyncio.TimeoutError) as exc:
-                if not isinstance(exc, _Retry):
-                    last_error = f"worker {worker.id}: {type(exc).__name__}: {exc}"
+                if client.disconnected:
+                    raise RequestCanceledError()
+                reply = await self.upstream.post(
+                    worker.url, path, payload, headers, first_byte_timeout=timeout, owner=client
+                )
+                if reply.status in _RETRY_STATUSES:
+                    raise _Retry(f"worker {worker.id} answered {reply.status}")
+                if reply.header(b"content-length") is not None:
+                    first = await reply.read_all()  # not streamed: whole, so a cut is still retried
+                else:
+                    first = await reply.read_within(timeout)
+            except (UpstreamBroken, _Retry) as exc:
+                if reply is not None:
+                    reply.release()
+                await self.finish(worker, model, keep_alive)
+                if client.disconnected:
+                    raise RequestCanceledError() from exc
+                last_error = str(exc) if isinstance(exc, _Retry) else f"worker {worker.id}: {exc}"
                 logger.warning("retrying %s elsewhere: %s", model, last_error)
                 exclude.add(worker.id)
-                await self.finish(worker, model, keep_alive)
                 continue
             except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self.finish(worker, model, keep_alive)
+                if reply is not None:
+                    reply.release()
+                await asyncio.shield(self.finish(worker, model, keep_alive))
                 raise
             self.metrics.ttfb.labels(path).observe(time.perf_counter() - started)
-            return StreamingResponse(
-                self._relay(first, chunks, upstream, worker, model, keep_alive),
-                status_code=upstream.status_code,
-                headers={k: v for k, v in upstream.headers.items() if k.lower() not in _HOP},
-            )
+            return Forwarded(reply, first, worker, model, keep_alive)
         raise UpstreamError(last_error)
 
+    async def _size_if_known(self, model: str) -> ModelSize | None:
+        # The model-store generation comes with each acquire (read-your-writes across routers at
+        # no extra round trip); a model this router has not seen yet is worth one fresh look.
+        try:
+            return await self.model_size(model)
+        except NotFoundError:
+            if not await self.sync_models():
+                return None
+        try:
+            return await self.model_size(model)
+        except NotFoundError:
+            return None
+
     async def lease(
-        self, request: Request, model: str, size: ModelSize, exclude: set[str], keep_alive: float | None
+        self, client: Downstream, model: str, size: ModelSize, exclude: set[str], keep_alive: float | None,
+        affinity: str = "",
     ) -> WorkerInfo:
         queued = False
         waited_since = time.monotonic()
@@ -199,7 +268,8 @@ class Dispatcher:
                 ready = [w for w in everyone if w.state == STATE_READY and w.id not in exclude]
                 if not ready:
                     raise ClusterUnavailableError("no workers available")
-                chosen = await self.state.acquire(model, ready)
+                chosen = await self.state.acquire(model, ready, affinity)
+                self._models_seen(self.state.models_generation_seen)
                 if chosen:
                     self.metrics.placements.labels("resident").inc()
                     return next(w for w in ready if w.id == chosen)
@@ -218,13 +288,12 @@ class Dispatcher:
                     if not await self.state.enqueue(model, self.settings.OLLAMA_MAX_QUEUE):
                         raise ServerBusyError()
                     queued = True
-                if await request.is_disconnected():
+                if client.disconnected:
                     raise RequestCanceledError()
                 await asyncio.sleep(QUEUE_POLL_S)
         finally:
             if queued:
-                with anyio.CancelScope(shield=True):
-                    await self.state.dequeue(model)
+                await asyncio.shield(self.state.dequeue(model))
 
     async def _load(
         self, model: str, size: ModelSize, ready: list[WorkerInfo], everyone: list[WorkerInfo], exclude: set[str],
@@ -288,36 +357,9 @@ class Dispatcher:
         except DurationError:
             return None
 
-    async def _send(self, worker: WorkerInfo, path: str, payload: bytes) -> httpx.Response:
-        headers = {"Content-Type": "application/json", MODELS_GENERATION_HEADER: str(self._models_generation)}
-        request = self.http.build_request("POST", worker.url + path, content=payload, headers=headers)
-        return await self.http.send(request, stream=True)
-
-    async def _relay(
-        self, first: bytes, chunks: AsyncIterator[bytes], upstream: httpx.Response, worker: WorkerInfo,
-        model: str, keep_alive: float | None,
-    ) -> AsyncIterator[bytes]:
-        try:
-            if first:
-                yield first
-            try:
-                async for chunk in chunks:
-                    yield chunk
-            except httpx.HTTPError as exc:
-                logger.warning("stream from %s cut: %s", worker.id, exc)
-                message = f"worker {worker.id} failed mid-stream: {type(exc).__name__}"
-                if "text/event-stream" in upstream.headers.get("content-type", ""):
-                    yield f"data: {json.dumps({'error': {'message': message, 'type': 'api_error'}})}\n\n".encode()
-                else:
-                    yield ndjson_line({"error": message})
-        finally:
-            # A client that leaves cancels this task, and every await after that: shielded,
-            # the slot is given back all the same.
-            with anyio.CancelScope(shield=True):
-                await upstream.aclose()
-                await self.finish(worker, model, keep_alive)
-
     async def relay_anywhere(self, path: str, body: dict[str, Any], avoid: set[str] = frozenset()) -> Response:
+        with suppress(RedisError):  # the answer can still come from a worker
+            await self.sync_models()
         ready = [w for w in await self.workers() if w.state == STATE_READY]
         workers = [w for w in ready if w.id not in avoid] or ready
         if not workers:
@@ -417,11 +459,30 @@ def _expires_at(keep_alive: float | None) -> int:
     return now_ms() + int(keep_alive * 1000)
 
 
-async def _first(chunks: AsyncIterator[bytes], timeout: float) -> bytes:
+AFFINITY_PROMPT_CHARS = 512
+
+
+def affinity_key(path: str, body: dict[str, Any]) -> str:
+    """What identifies a conversation across its turns, hashed ('' when nothing does).
+
+    A chat's next turn repeats its messages so far: everything up to the first user message
+    stays the same. A completion's next turn sends the previous one's ``context``; failing
+    that, a prompt is known by its beginning (a shared document or instructions)."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages:
+        upto = next((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), 0)
+        basis: Any = messages[: upto + 1]
+    elif isinstance(body.get("context"), list) and body["context"]:
+        basis = body["context"][:64]
+    elif isinstance(body.get("prompt"), str) and body["prompt"]:
+        basis = [body.get("system"), body["prompt"][:AFFINITY_PROMPT_CHARS]]
+    else:
+        return ""
     try:
-        return await asyncio.wait_for(chunks.__anext__(), timeout=None if math.isinf(timeout) else timeout)
-    except StopAsyncIteration:
-        return b""
+        text = json.dumps(basis, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return ""
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 def _is_empty(body: dict[str, Any]) -> bool:

@@ -23,13 +23,16 @@ with requests in flight never expires (the in-flight guard).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import os
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from corral.cluster.workers import PREFIX, WorkerInfo, now_ms
+from corral.router.redis_lane import RedisLane, Script
 
 NEVER = -1
 PLACE_LOCK = PREFIX + "lock:place"
@@ -37,6 +40,8 @@ PLACE_LOCK_MS = 10_000
 SLOTS = PREFIX + "slots"
 SLOT_LEASE_MS = 10_000  # a router renews its slots every reaper pass (1 s); a dead router's lapse
 MODELS_GENERATION = PREFIX + "models:generation"
+# How long a conversation remembers the worker that last served it (its prefix may be cached there).
+AFFINITY_TTL_S = 600
 
 
 def placed_key(worker_id: str) -> str:
@@ -66,18 +71,30 @@ class Placement:
     last_used: int = 0
 
 
-# Take a slot on the least loaded worker already holding the model.
-# ARGV: model, now, lease ms, token, then (worker id, slots) pairs of eligible (live, ready) workers.
+# Take a slot on the least loaded worker already holding the model; ties go to the worker that
+# last served this conversation (its KV cache may hold the prefix), then to the least recently used.
+# ARGV: model, now, lease ms, token, affinity key ('' for none), affinity TTL s, then (worker id,
+# slots) pairs of eligible (live, ready) workers.
 _ACQUIRE = """
 local model, now = ARGV[1], ARGV[2]
+local pref = false
+if ARGV[5] ~= '' then pref = redis.call('GET', ARGV[5]) end
 local best, best_n, best_used = nil, nil, nil
-for i = 5, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   local w, slots = ARGV[i], tonumber(ARGV[i + 1])
   if redis.call('HEXISTS', 'corral:placed:' .. w, model) == 1 then
     local n = tonumber(redis.call('HGET', 'corral:inflight:' .. w, model) or '0')
     local used = tonumber(redis.call('HGET', 'corral:used:' .. w, model) or '0')
-    if n < slots and (best == nil or n < best_n or (n == best_n and used < best_used)) then
-      best, best_n, best_used = w, n, used
+    if n < slots then
+      local better = best == nil or n < best_n
+      if not better and n == best_n then
+        if pref and (w == pref) ~= (best == pref) then
+          better = w == pref
+        else
+          better = used < best_used
+        end
+      end
+      if better then best, best_n, best_used = w, n, used end
     end
   end
 end
@@ -85,8 +102,9 @@ if best then
   redis.call('HINCRBY', 'corral:inflight:' .. best, model, 1)
   redis.call('HSET', 'corral:used:' .. best, model, now)
   redis.call('ZADD', 'corral:slots', tonumber(now) + tonumber(ARGV[3]), best .. ' ' .. model .. ' ' .. ARGV[4])
+  if ARGV[5] ~= '' then redis.call('SET', ARGV[5], best, 'EX', tonumber(ARGV[6])) end
 end
-return best
+return {best or '', redis.call('GET', 'corral:models:generation') or '0'}
 """
 
 # Record a new placement and take its first slot (the load happens with that request).
@@ -168,12 +186,34 @@ return 0
 """
 
 
+_TOKEN_PREFIX = secrets.token_hex(6)
+_TOKEN_COUNT = itertools.count()
+
+
+def _token() -> str:
+    """Unique across routers and their processes; cheaper than 8 random bytes per request."""
+    return f"{_TOKEN_PREFIX}{os.getpid():x}.{next(_TOKEN_COUNT):x}"
+
+
+class _HotScript:
+    def __init__(self, redis: Any, lane: RedisLane | None, text: str) -> None:
+        self.lane = lane
+        self.script = Script(text) if lane else redis.register_script(text)
+
+    async def __call__(self, *, keys: list[Any], args: list[Any]) -> Any:
+        if self.lane is None:
+            return await self.script(keys=keys, args=args)
+        return await self.lane.evalsha(self.script, keys, args)
+
+
 class ClusterState:
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, lane: RedisLane | None = None) -> None:
         self.redis = redis
-        self._acquire = redis.register_script(_ACQUIRE)
+        # The scripts every request runs go through the lean lane when there is one.
+        self.lane = lane
+        self._acquire = _HotScript(redis, lane, _ACQUIRE)
         self._place = redis.register_script(_PLACE)
-        self._release = redis.register_script(_RELEASE)
+        self._release = _HotScript(redis, lane, _RELEASE)
         self._claim = redis.register_script(_CLAIM_UNLOAD)
         self._enqueue = redis.register_script(_ENQUEUE)
         self._dequeue = redis.register_script(_DEQUEUE)
@@ -182,9 +222,11 @@ class ClusterState:
         # The slots this router holds, by (worker, model): any one of them is given back at the
         # end of a request there; all are renewed while they run.
         self._held: dict[tuple[str, str], list[str]] = {}
+        # The model-store generation as of the last acquire (it comes with the answer: no extra round trip).
+        self.models_generation_seen = 0
 
     def _take(self, worker: str, model: str) -> str:
-        slot = f"{worker} {model} {secrets.token_hex(8)}"
+        slot = f"{worker} {model} {_token()}"
         self._held.setdefault((worker, model), []).append(slot)
         return slot
 
@@ -208,12 +250,16 @@ class ClusterState:
 
     # -- slots
 
-    async def acquire(self, model: str, workers: list[WorkerInfo]) -> str | None:
-        token = secrets.token_hex(8)
-        args: list[Any] = [model, now_ms(), SLOT_LEASE_MS, token]
+    async def acquire(self, model: str, workers: list[WorkerInfo], affinity: str = "") -> str | None:
+        """A slot on the least loaded worker holding ``model``; ``affinity`` (a conversation's
+        key, from ``affinity_key``) breaks ties towards the worker that last served it."""
+        token = _token()
+        key = f"{PREFIX}affinity:{model}:{affinity}" if affinity else ""
+        args: list[Any] = [model, now_ms(), SLOT_LEASE_MS, token, key, AFFINITY_TTL_S]
         for worker in workers:
             args += [worker.id, worker.num_parallel]
-        chosen = await self._acquire(keys=[], args=args)
+        chosen, generation = await self._acquire(keys=[], args=args)
+        self.models_generation_seen = int(generation)
         if not chosen:
             return None
         chosen = _text(chosen)

@@ -1,0 +1,158 @@
+"""The inference routes as plain ASGI: read the body, place it, relay the worker's answer.
+
+These routes carry nearly all of a router's traffic, so they skip what the rest of the API
+goes through: ``ForwardShortcut`` finds them with one dict lookup instead of FastAPI's routing
+and exception layers, and ``ForwardEndpoint`` relays the worker's bytes straight to uvicorn's
+``send`` (a streamed answer piece by piece, coalescing what arrived together; any other whole,
+with its length). The same endpoints are also registered as FastAPI routes, so other methods
+on these paths get the router's 405 like every other route.
+
+A client that leaves is noticed by a small task waiting on ``receive``: it stops the request
+wherever it is (queued, loading, generating), closing the worker connection so the worker
+stops too; the slot is given back in every case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from fastapi.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from corral.api.errors import BadRequestError, CorralError
+from corral.api.http import MAX_JSON_BODY, answer_error, parse_json_body
+from corral.api.streams import ndjson_line
+from corral.router.dispatch import Dispatcher, Downstream, Forwarded
+from corral.router.upstream import UpstreamBroken
+
+logger = logging.getLogger(__name__)
+
+# Response headers that describe the hop, not the content.
+_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server"}
+
+FORWARDED = {
+    "/api/generate": "GenerateRequest", "/api/chat": "ChatRequest", "/api/embed": "EmbedRequest",
+    "/api/embeddings": "EmbeddingRequest", "/v1/chat/completions": "ChatCompletionRequest",
+    "/v1/completions": "CompletionRequest", "/v1/embeddings": "EmbedRequest", "/v1/responses": "ResponsesRequest",
+}
+
+
+class ForwardEndpoint:
+    """One forwarded route (``POST path``) as an ASGI app."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.struct = FORWARDED[path]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        dispatcher: Dispatcher = scope["app"].state.dispatcher
+        client = Downstream()
+        watcher = None
+        try:
+            body = parse_json_body(await _read_body(receive), struct=self.struct)
+            watcher = asyncio.ensure_future(_watch(receive, client))
+            answer = await dispatcher.forward(client, self.path, body)
+            if isinstance(answer, Response):
+                await answer(scope, receive, send)
+            else:
+                await _relay(answer, dispatcher, client, send)
+        except CorralError as exc:
+            await answer_error(scope["method"], self.path, exc)(scope, receive, send)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+
+async def _read_body(receive: Receive) -> bytes:
+    parts = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequestError("unexpected EOF")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_JSON_BODY:
+            raise BadRequestError("http: request body too large")
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def _watch(receive: Receive, client: Downstream) -> None:
+    # Once the body is read, the next message is the disconnect (or the end of the response,
+    # when the watcher has already been cancelled).
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        client.gone()
+
+
+async def _relay(answer: Forwarded, dispatcher: Dispatcher, client: Downstream, send: Send) -> None:
+    reply = answer.reply
+    headers = [(k, v) for k, v in reply.headers if k not in _HOP]
+    released = False
+
+    async def give_back() -> None:
+        # Before the response ends, so a client's next request finds the slot free. (Nothing
+        # cancels this task but a router shutting down; a slot it leaves lapses: state.py.)
+        nonlocal released
+        if not released:
+            released = True
+            await dispatcher.finish(answer.worker, answer.model, answer.keep_alive)
+
+    try:
+        if reply.complete:  # not streamed: the whole body is here already
+            await give_back()
+            headers.append((b"content-length", str(len(answer.first)).encode()))
+            await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+            await send({"type": "http.response.body", "body": answer.first})
+            return
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        chunk = answer.first
+        # A worker that stops sending for as long as a load may take is stuck: the stream ends.
+        gap = dispatcher.settings.load_timeout_seconds
+        while chunk:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            try:
+                chunk = await reply.read_within(gap)
+            except UpstreamBroken as exc:
+                if not client.disconnected:
+                    await send(_cut_message(answer, exc))
+                break
+        await give_back()
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        client.reply = None
+        reply.release()
+        await give_back()
+
+
+def _cut_message(answer: Forwarded, exc: Exception) -> Message:
+    """The stream's last piece when the worker failed mid-stream: Ollama's error line, or an
+    error event for OpenAI's server-sent events."""
+    message = f"worker {answer.worker.id} failed mid-stream: {exc}"
+    logger.warning("%s", message)
+    if b"text/event-stream" in (answer.reply.header(b"content-type") or b""):
+        body = f"data: {json.dumps({'error': {'message': message, 'type': 'api_error'}})}\n\n".encode()
+    else:
+        body = ndjson_line({"error": message})
+    return {"type": "http.response.body", "body": body, "more_body": True}
+
+
+class ForwardShortcut:
+    """Sends ``POST`` on a forwarded path straight to its endpoint, past FastAPI's routing."""
+
+    def __init__(self, app: ASGIApp, routes: dict[str, Any]) -> None:
+        self.app = app
+        self.routes = routes  # path -> the FastAPI route whose endpoint is a ForwardEndpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = route  # what the request metrics label it by
+        await route.app(scope, receive, send)

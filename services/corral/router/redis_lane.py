@@ -1,0 +1,169 @@
+"""One pipelined Redis connection for the two scripts every request runs (take a slot, give it back).
+
+redis-py spends about 0.3 ms of Python per command (connection pool, retry wrapper, timeouts,
+argument filtering): two commands per request were most of what a router cost. Here a command
+is packed, written, and its reply parsed by hiredis in the protocol callback; commands from all
+concurrent requests share one connection in order (Redis answers in order), so many requests'
+commands go out in one write.
+
+Failures look like redis-py's (``redis.exceptions.ConnectionError``, ``TimeoutError``,
+``ResponseError``), so callers handle one family of errors. A timed-out command breaks the
+connection (later replies could no longer be matched); the next command connects again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+class Script:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+
+def _pack(args: tuple[Any, ...]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader(replyError=ResponseError)
+        self.pending: deque[asyncio.Future] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.broken: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        try:
+            while (reply := self.reader.gets()) is not False:
+                if self.pending:
+                    waiter = self.pending.popleft()
+                    if not waiter.done():
+                        waiter.set_result(reply)
+        except hiredis.ProtocolError as exc:
+            self.fail(RedisConnectionError(f"bad reply from Redis: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RedisConnectionError(f"Redis connection lost: {exc or 'closed'}"))
+
+    def fail(self, exc: Exception) -> None:
+        if self.broken is None:
+            self.broken = exc
+        while self.pending:
+            waiter = self.pending.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class RedisLane:
+    def __init__(self, url: str, *, timeout: float = 2.0) -> None:
+        parts = urlsplit(url)
+        self.scheme = parts.scheme
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 6379
+        self.path = unquote(parts.path) if parts.scheme == "unix" else ""
+        query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+        db = parts.path.strip("/") if parts.scheme != "unix" else query.get("db", "")
+        self.db = int(db or 0)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.timeout = timeout
+        self._conn: _Protocol | None = None
+        self._connecting: asyncio.Future | None = None
+
+    @staticmethod
+    def supports(url: str) -> bool:
+        """TLS (``rediss://``) stays with redis-py."""
+        return url.startswith(("redis://", "unix://"))
+
+    async def evalsha(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
+        try:
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            return await self.call("EVAL", script.text, len(keys), *keys, *args)
+
+    async def call(self, *args: Any) -> Any:
+        conn = await self._connection()
+        return await self._send(conn, _pack(args))
+
+    async def _send(self, conn: _Protocol, packed: bytes) -> Any:
+        waiter = asyncio.get_running_loop().create_future()
+        conn.pending.append(waiter)
+        conn.transport.write(packed)
+        handle = asyncio.get_running_loop().call_later(
+            self.timeout, _expire, conn, waiter, RedisTimeoutError("Timeout reading from Redis")
+        )
+        try:
+            reply = await waiter
+        finally:
+            handle.cancel()
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def _connection(self) -> _Protocol:
+        conn = self._conn
+        if conn is not None and conn.broken is None:
+            return conn
+        if self._connecting is None:  # one connect for everyone waiting
+            self._connecting = asyncio.ensure_future(self._connect())
+            self._connecting.add_done_callback(self._connected)
+        return await asyncio.shield(self._connecting)
+
+    def _connected(self, task: asyncio.Future) -> None:
+        self._connecting = None
+        if not task.cancelled() and task.exception() is None:
+            self._conn = task.result()
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self.scheme == "unix":
+                    _, conn = await loop.create_unix_connection(_Protocol, self.path)
+                else:
+                    _, conn = await loop.create_connection(_Protocol, self.host, self.port)
+                try:
+                    if self.password is not None:
+                        auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
+                        await self._send(conn, _pack(auth))
+                    if self.db:
+                        await self._send(conn, _pack(("SELECT", self.db)))
+                except BaseException as exc:
+                    conn.fail(RedisConnectionError(f"Redis refused the connection: {exc}"))
+                    raise
+        except TimeoutError as exc:
+            raise RedisTimeoutError("Timeout connecting to Redis") from exc
+        except OSError as exc:
+            raise RedisConnectionError(f"Error connecting to Redis: {exc}") from exc
+        return conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.fail(RedisConnectionError("closed"))
+            self._conn = None
+
+
+def _expire(conn: _Protocol, waiter: asyncio.Future, exc: Exception) -> None:
+    if not waiter.done():
+        conn.fail(exc)  # replies can no longer be matched to commands: start over
