@@ -9,6 +9,7 @@ falling back to a default.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,8 @@ class CommonSettings(BaseSettings):
     CORRAL_LOG_FORMAT: str = "text"
     # Air-gapped sites: pulls from an upstream host go to its mirror ("host=url,host=url").
     CORRAL_REGISTRY_MIRRORS: str = ""
+    # On SIGTERM a service stops taking requests and lets those in flight finish, this long at most.
+    CORRAL_DRAIN_TIMEOUT: str = "30s"
 
     @field_validator("*", mode="before")
     @classmethod
@@ -102,6 +105,17 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _check_keep_alive(cls, value: str) -> str:
         return check_duration(value)
+
+    @field_validator("CORRAL_DRAIN_TIMEOUT")
+    @classmethod
+    def _check_drain_timeout(cls, value: str) -> str:
+        if math.isinf(parse_env_keep_alive(check_duration(value))):
+            raise ValueError("must not be negative: the drain is bounded")
+        return value
+
+    @property
+    def drain_timeout_seconds(self) -> float:
+        return parse_env_keep_alive(self.CORRAL_DRAIN_TIMEOUT)
 
     @field_validator("CORRAL_LOG_FORMAT")
     @classmethod

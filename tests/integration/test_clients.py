@@ -443,10 +443,6 @@ def test_openai_embeddings_float_and_base64_agree(oai):
     assert max(abs(a - b) for a, b in zip(default.data[0].embedding, floats.data[0].embedding)) < 1e-6
 
 
-@pytest.mark.worker_only(
-    "known gap: the registry keeps no timestamps, so each router dates a model from when it first saw it "
-    "and two routers can differ by a second (to do: keep model write times in Redis)"
-)
 def test_openai_models_list_and_retrieve(oai):
     models = {m.id: m for m in oai.models.list()}
     assert MODEL in models

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from corral.cluster.workers import STATE_READY
 from corral.settings import parse_ollama_host
 from corral.worker.registration import (
+    cgroup_cpu_limit,
     cgroup_memory_limit,
     device_and_memory,
     gpu_memory,
@@ -240,6 +241,33 @@ def test_cgroup_v1_host_path_but_namespaced_mount(tmp_path):
     # /proc/self/cgroup names the host's path; the mount shows this container's cgroup as its root.
     t = _tree(tmp_path, {"proc": "4:memory:/docker/abc\n", "cg/memory/memory.limit_in_bytes": "536870912\n"})
     assert cgroup_memory_limit(t / "proc", t / "cg") == 512 << 20
+
+
+def test_cgroup_cpu_quota_v2_rounds_up_and_takes_the_tightest(tmp_path):
+    t = _tree(tmp_path, {
+        "proc": "0::/kubepods/pod1/ctr\n",
+        "cg/kubepods/cpu.max": "max 100000\n",
+        "cg/kubepods/pod1/cpu.max": "250000 100000\n",  # 2.5 CPUs: 3 threads
+        "cg/kubepods/pod1/ctr/cpu.max": "max 100000\n",
+    })
+    assert cgroup_cpu_limit(t / "proc", t / "cg") == 3
+    t2 = _tree(tmp_path / "none", {"proc": "0::/\n", "cg/cpu.max": "max 100000\n"})
+    assert cgroup_cpu_limit(t2 / "proc", t2 / "cg") is None
+
+
+def test_cgroup_cpu_quota_v1(tmp_path):
+    t = _tree(tmp_path, {
+        "proc": "5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n",
+        "cg/cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "50000\n",
+        "cg/cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+    })
+    assert cgroup_cpu_limit(t / "proc", t / "cg") == 1
+    unlimited = _tree(tmp_path / "u", {
+        "proc": "5:cpu,cpuacct:/\n",
+        "cg/cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
+        "cg/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+    })
+    assert cgroup_cpu_limit(unlimited / "proc", unlimited / "cg") is None
 
 
 def test_no_cgroup(tmp_path):

@@ -29,6 +29,7 @@ from corral.api.http import (
     serve_ollama_api,
 )
 from corral.api.streams import format_time
+from corral.cluster.model_times import RedisModelTimes
 from corral.router.dispatch import ClusterUnavailableError, Dispatcher
 from corral.router.forward import FORWARDED, ForwardEndpoint, ForwardShortcut
 from corral.router.metrics import RouterMetrics
@@ -206,7 +207,10 @@ def create_app(settings: RouterSettings) -> FastAPI:
             limits=httpx.Limits(max_connections=2048, max_keepalive_connections=256),
         )
         client = RegistryClient()
-        store = RegistryStore(settings.CORRAL_REGISTRY_URL, client=client, spool_dir=settings.CORRAL_SPOOL_DIR)
+        times = RedisModelTimes(settings.REDIS_URL)
+        store = RegistryStore(
+            settings.CORRAL_REGISTRY_URL, client=client, spool_dir=settings.CORRAL_SPOOL_DIR, times=times
+        )
         app.state.models = RouterModels(store, Registries(client, mirrors=settings.registry_mirrors))
         lane = RedisLane(settings.REDIS_URL) if RedisLane.supports(settings.REDIS_URL) else None
         app.state.dispatcher = d = Dispatcher(settings, ClusterState(redis, lane), store, http, metrics)
@@ -222,6 +226,7 @@ def create_app(settings: RouterSettings) -> FastAPI:
                 lane.close()
             await http.aclose()
             await redis.aclose()
+            times.close()
 
     app = FastAPI(title="Corral router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(router)

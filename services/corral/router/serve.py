@@ -51,7 +51,8 @@ def serve(settings: RouterSettings) -> None:
         "worker_class": "uvicorn_worker.UvicornWorker",
         # Streams last minutes: gunicorn must not kill a worker for a long request.
         "timeout": 0,
-        "graceful_timeout": 30,
+        # On SIGTERM, streams in flight get this long to finish (then gunicorn stops its workers).
+        "graceful_timeout": max(1, int(settings.drain_timeout_seconds)),
         "keepalive": 75,
         "child_exit": _child_exit,
         "accesslog": None,

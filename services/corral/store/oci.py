@@ -17,8 +17,9 @@ Differences from the local store, because of what a registry can express:
 - Distribution deletes manifests by digest, which drops every tag on it; a delete puts
   the other tags of the same repository back.
 - Unreferenced blobs are not deleted online: run the registry's garbage collector.
-- Distribution keeps no timestamps (no ``Last-Modified``): ``modified_at`` is the registry's
-  if it sends one, else when this process first saw the model's config.
+- Distribution keeps no timestamps (no ``Last-Modified``): ``modified_at`` comes from
+  ``times`` (the cluster's Redis: when the model was written, or first seen, agreed by every
+  process), else the registry's if it sends one, else when this process first saw it.
 
 ``ModelStore`` holds the logic; this module is the storage. Reads are cached briefly
 (``cache_seconds``) because a cluster lists and resolves models far more often than it
@@ -41,7 +42,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from corral.api.errors import BadRequestError, CorralError, InvalidNameError
 from corral.store.gguf import GGUFInfo, read_gguf_prefix
@@ -110,6 +111,18 @@ class _TTLCache:
             self._data.clear()
 
 
+class ModelTimes(Protocol):
+    """Model write times shared by every process serving one registry (which keeps none)."""
+
+    def agreed(self, key: str) -> datetime | None:
+        """The time recorded for ``key``, recording now if none was (None: not available)."""
+
+    def touch(self, key: str) -> None:
+        """``key`` was written now."""
+
+    def forget(self, key: str) -> None: ...
+
+
 class RegistryStore(ModelStore):
     def __init__(
         self,
@@ -119,6 +132,7 @@ class RegistryStore(ModelStore):
         spool_dir: Path,
         capabilities: Callable[[ModelRecord, GGUFInfo | None], list[str]] | None = None,
         cache_seconds: float = 2.0,
+        times: ModelTimes | None = None,
     ) -> None:
         super().__init__(capabilities=capabilities, noprune=True)
         base, user, password = parse_registry_url(url)
@@ -132,6 +146,8 @@ class RegistryStore(ModelStore):
         self._gguf: OrderedDict[str, GGUFInfo] = OrderedDict()
         self._blob_times: OrderedDict[str, datetime] = OrderedDict()
         self._lock_small = threading.Lock()
+        self.times = times
+        self._times = _TTLCache(cache_seconds)
 
     def repository(self, name: ModelName) -> Repository:
         return self.blobs.sibling(repository_path(name))
@@ -139,6 +155,7 @@ class RegistryStore(ModelStore):
     def invalidate(self) -> None:
         self._listing.clear()
         self._manifests.clear()
+        self._times.clear()
 
     # --- manifests ----------------------------------------------------------------------------
 
@@ -185,14 +202,25 @@ class RegistryStore(ModelStore):
         if not isinstance(manifest, dict):
             raise TypeError("manifest is not a JSON object")
         config = (manifest.get("config") or {}).get("digest")
-        modified = self._blob_time(digest_hex(config)) if config else datetime.now(timezone.utc)
+        modified = self._modified(path, tag, config)
         return data, manifest, modified.astimezone()
+
+    def _modified(self, path: str, tag: str, config: str | None) -> datetime:
+        """When the model was last written: as the cluster agreed (``times``) if it keeps
+        them, else the registry's word or this process's first sight of the config."""
+        if self.times is not None:
+            agreed = self._times.get((path, tag), lambda: self.times.agreed(f"{path}:{tag}"))
+            if agreed is not None:
+                return agreed
+        return self._blob_time(digest_hex(config)) if config else datetime.now(timezone.utc)
 
     def _write_manifest_sync(self, name: ModelName, data: bytes) -> str:
         repo = self.repository(name)
         for hex_digest in manifest_digests(json.loads(data)):
             self._link(repo, hex_digest)
         self.client.put_manifest(repo, name.tag.lower(), data)
+        if self.times is not None:
+            self.times.touch(f"{repository_path(name)}:{name.tag.lower()}")
         self.invalidate()
         return hashlib.sha256(data).hexdigest()
 
@@ -220,6 +248,8 @@ class RegistryStore(ModelStore):
         for other in siblings:
             if data is not None:
                 self.client.put_manifest(repo, other, data)
+        if self.times is not None:
+            self.times.forget(f"{path}:{tag}")
         self.invalidate()
 
     # --- blobs ----------------------------------------------------------------------------------

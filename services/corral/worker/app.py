@@ -18,6 +18,7 @@ from corral.store.gguf import GGUFCache
 from corral.store.cache import BlobCache
 from corral.store.local import LocalStore
 from corral.store.model_store import manifest_digests
+from corral.cluster.model_times import RedisModelTimes
 from corral.store.oci import RegistryStore
 from corral.store.pull import Registries
 from corral.store.routes import router as models_router
@@ -61,9 +62,11 @@ def cluster_stores(settings: WorkerSettings, local: LocalStore, registries: Regi
     cluster the registry for the API and the local blob cache of it for loading."""
     if not settings.CORRAL_REGISTRY_URL:
         return local, local
+    # With the cluster's Redis, model times are the cluster's (the same through every router).
+    times = RedisModelTimes(settings.REDIS_URL) if settings.REDIS_URL else None
     cluster = RegistryStore(
         settings.CORRAL_REGISTRY_URL, client=registries.client, spool_dir=settings.OLLAMA_MODELS / ".spool",
-        capabilities=inspector.capabilities,
+        capabilities=inspector.capabilities, times=times,
     )
 
     def in_use() -> set[str]:

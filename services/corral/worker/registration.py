@@ -114,31 +114,52 @@ def cgroup_memory_limit(proc_cgroup: Path, root: Path) -> int | None:
     In a container the cgroup namespace usually makes its own cgroup the root (``0::/``);
     without one, /proc/self/cgroup names the host's path, which is walked up to the root.
     """
+    limits = [int(value) for value in _cgroup_files(proc_cgroup, root, "memory.max", "memory", ["memory.limit_in_bytes"])
+              if value.isdigit()]  # v2 says "max" for no limit
+    return min(limits, default=None)
+
+
+def cgroup_cpu_limit(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The tightest CPU quota on this process's cgroup and its ancestors, in whole CPUs
+    (rounded up): v2's ``cpu.max`` ("quota period"), v1's CFS quota and period. None: no quota."""
+    limits = []
+    for value in _cgroup_files(proc_cgroup, root, "cpu.max", "cpu", ["cpu.cfs_quota_us", "cpu.cfs_period_us"]):
+        quota, _, period = value.partition(" ")
+        if quota.lstrip("-").isdigit() and period.isdigit() and int(quota) > 0 and int(period) > 0:
+            limits.append(max(1, -(-int(quota) // int(period))))
+    return min(limits, default=None)
+
+
+def _cgroup_files(proc_cgroup: Path, root: Path, v2_name: str, v1_controller: str, v1_names: list[str]) -> list[str]:
+    """A cgroup setting as read from this process's cgroup and each ancestor ("quota period"
+    when v1 keeps it in two files).
+
+    In a container the cgroup namespace usually makes its own cgroup the root (``0::/``);
+    without one, /proc/self/cgroup names the host's path, which is walked up to the root.
+    """
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
-        return None
-    limits = []
+        return []
+    found = []
     for line in lines:
         _, _, rest = line.partition(":")
         controllers, sep, path = rest.partition(":")
         if not sep:
             continue
         if controllers == "":
-            base, name = root, "memory.max"
-        elif "memory" in controllers.split(","):
-            base, name = root / "memory", "memory.limit_in_bytes"
+            base, names = root, [v2_name]
+        elif v1_controller in controllers.split(","):
+            base, names = root / controllers, v1_names
         else:
             continue
         cgroup = PurePosixPath("/", path)
         for directory in (cgroup, *cgroup.parents):
             try:
-                value = (base / directory.relative_to("/") / name).read_text().strip()
+                found.append(" ".join((base / directory.relative_to("/") / n).read_text().strip() for n in names))
             except OSError:
                 continue
-            if value.isdigit():  # v2 says "max" for no limit
-                limits.append(int(value))
-    return min(limits, default=None)
+    return found
 
 
 # -- joining and leaving -------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import secrets
@@ -88,10 +87,16 @@ _PARSED = {
 
 
 def _cpu_count() -> int:
+    """CPUs this process may use: its affinity, and no more than its cgroup's CPU quota (a
+    container limited to 2 CPUs on a 64-core node must not start 64 threads)."""
+    from corral.worker.registration import cgroup_cpu_limit
+
     try:
-        return len(os.sched_getaffinity(0))
+        usable = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
+        usable = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return min(usable, quota) if quota else usable
 
 
 class WorkerSettings(CommonSettings):
@@ -104,7 +109,7 @@ class WorkerSettings(CommonSettings):
     OLLAMA_NOPRUNE: bool = Field(False, description="keep unreferenced blobs")
     OLLAMA_FLASH_ATTENTION: bool = False
     OLLAMA_KV_CACHE_TYPE: str = Field("f16", pattern=r"^(f16|q8_0|q4_0)$")
-    CORRAL_NUM_THREADS: int = Field(0, ge=0, description="llama.cpp threads; 0 means every usable core")
+    CORRAL_NUM_THREADS: int = Field(0, ge=0, description="llama.cpp threads; 0 means every usable core (within the cgroup's CPU quota)")
     CORRAL_REGISTRY_URL: str = Field(
         "", description="the cluster's model registry; set, OLLAMA_MODELS becomes a cache of it"
     )
@@ -115,7 +120,6 @@ class WorkerSettings(CommonSettings):
     CORRAL_WORKER_URL: str = Field("", description="where routers reach this worker; default from OLLAMA_HOST")
     CORRAL_WORKER_MEMORY: str = Field("", description="bytes for models (8GiB, 512MB); default detected")
     CORRAL_WORKER_LABELS: str = Field("", description="key=value[,key=value...] for placement")
-    CORRAL_DRAIN_TIMEOUT: str = Field("30s", description="on SIGTERM, how long requests in flight may finish")
     # CUDA's own variable, read here only to count the memory of the GPUs llama.cpp will see.
     CUDA_VISIBLE_DEVICES: str | None = None
 
@@ -148,13 +152,6 @@ class WorkerSettings(CommonSettings):
     def _check_worker_url(cls, value: str) -> str:
         return parse_registry_url(value)[0] if value else value
 
-    @field_validator("CORRAL_DRAIN_TIMEOUT")
-    @classmethod
-    def _check_drain_timeout(cls, value: str) -> str:
-        if math.isinf(parse_env_keep_alive(check_duration(value))):
-            raise ValueError("must not be negative: the drain is bounded")
-        return value
-
     @model_validator(mode="after")
     def _cluster_identity(self) -> WorkerSettings:
         # Fixed once per process, so the start-up log shows what the worker registers as.
@@ -183,10 +180,6 @@ class WorkerSettings(CommonSettings):
     @property
     def worker_labels(self) -> dict[str, str]:
         return parse_labels(self.CORRAL_WORKER_LABELS)
-
-    @property
-    def drain_timeout_seconds(self) -> float:
-        return parse_env_keep_alive(self.CORRAL_DRAIN_TIMEOUT)
 
     @property
     def load_timeout_seconds(self) -> float:
