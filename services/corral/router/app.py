@@ -197,6 +197,7 @@ class FreshModelsMiddleware:
 
 def create_app(settings: RouterSettings) -> FastAPI:
     metrics = RouterMetrics()
+    metrics.start_at_zero(list(FORWARDED))
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = aioredis.from_url(

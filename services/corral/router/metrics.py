@@ -57,6 +57,22 @@ class RouterMetrics:
             registry=r,
         )
 
+    def start_at_zero(self, routes: list[str]) -> None:
+        """Create the series every dashboard plots, at 0: a series whose first scrape already
+        holds counts shows no rate until the next one, so a fresh router would look idle."""
+        for route in routes:
+            self.requests.labels(route, "200")
+            self.request_seconds.labels(route)
+            self.ttfb.labels(route)
+        for reason in ("queue_full", "no_workers", "redis"):
+            self.rejections.labels(reason)
+        for kind in ("first", "replica"):
+            self.loads.labels(kind)
+        for reason in ("lru", "keep_alive", "request", "worker_lost"):
+            self.evictions.labels(reason)
+        for kind in ("resident", "loaded"):
+            self.placements.labels(kind)
+
     def render(self, cluster: dict[str, Any]) -> bytes:
         """Event metrics (all processes) plus cluster gauges from ``cluster`` (read from Redis now)."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -79,8 +95,12 @@ class _ClusterGauges:
     def collect(self):
         queue = GaugeMetricFamily("corral_router_queue_depth", "Requests waiting for a model, cluster-wide",
                                   labels=["model"])
-        for model, depth in self.cluster.get("queues", {}).items():
+        queues = self.cluster.get("queues", {})
+        for model, depth in queues.items():
             queue.add_metric([model], depth)
+        for model in self.cluster.get("placed", {}):
+            if model not in queues:  # placed, nobody waiting: 0, not a missing series
+                queue.add_metric([model], 0)
         yield queue
         workers = GaugeMetricFamily("corral_router_workers", "Live workers by state", labels=["state"])
         for state in ("ready", "draining"):

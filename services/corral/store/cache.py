@@ -144,6 +144,12 @@ class BlobCache:
         return removed
 
 
+def blob_usage(blobs_dir: Path) -> tuple[int, int]:
+    """(finished blobs, their bytes) under ``blobs_dir``: what the cache holds, for metrics."""
+    files = _blob_files(blobs_dir)
+    return len(files), sum(size for _, size, _ in files.values())
+
+
 def _blob_files(blobs_dir: Path) -> dict[str, tuple[Path, int, float]]:
     """Finished blobs (``sha256-<64 hex>``) with size and last use; partial downloads are skipped."""
     found = {}

@@ -27,7 +27,7 @@ from corral.worker.engine import Engine, LlamaModel, LoadOptions
 from corral.worker.inference import Inference
 from corral.worker.metrics import WorkerMetrics
 from corral.worker.modelinfo import ModelInspector
-from corral.worker.registration import Registration
+from corral.worker.registration import Registration, device_and_memory
 from corral.worker.routes import router
 from corral.worker.scheduler import Loaded, Scheduler
 from corral.worker.settings import WorkerSettings
@@ -102,6 +102,9 @@ def create_app(settings: WorkerSettings) -> FastAPI:
     SIGTERM; the lifespan owns it and deregisters at the end."""
     metrics = WorkerMetrics()
     registration = Registration(settings) if settings.REDIS_URL else None
+    # The memory offered for models, as the cluster is told (detected once).
+    memory = registration.info.memory_total if registration else device_and_memory(settings)[1]
+    metrics.memory_bytes.set(memory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 # Latency buckets sized for LLM serving: first tokens in ms, whole requests in minutes.
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -39,3 +39,10 @@ class WorkerMetrics:
         self.rejections = Counter(
             "corral_worker_rejected_total", "Requests refused because the queue was full", registry=r
         )
+        self.memory_bytes = Gauge(
+            "corral_worker_memory_bytes", "Memory offered for models (CORRAL_WORKER_MEMORY or detected)", registry=r
+        )
+        self.cache_bytes = Gauge("corral_worker_cache_bytes", "Bytes of finished blobs under OLLAMA_MODELS", registry=r)
+        self.cache_blobs = Gauge("corral_worker_cache_blobs", "Finished blobs under OLLAMA_MODELS", registry=r)
+        # process_resident_memory_bytes, CPU seconds and open files of this worker process.
+        ProcessCollector(registry=r)

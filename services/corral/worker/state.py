@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from corral.store.cache import blob_usage
 from corral.store.pull import Registries
 from corral.worker.inference import Inference
 from corral.worker.metrics import WorkerMetrics
@@ -27,6 +28,9 @@ class WorkerState:
         m = self.metrics
         m.models_loaded.set(len(runners))
         m.queue_depth.set(self.scheduler.waiting())
+        blobs, size = blob_usage(self.settings.OLLAMA_MODELS / "blobs")
+        m.cache_blobs.set(blobs)
+        m.cache_bytes.set(size)
         m.slots_busy.clear()
         m.slots_total.clear()
         for runner in runners:

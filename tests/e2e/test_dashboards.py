@@ -1,0 +1,40 @@
+"""The Grafana dashboards against real metrics, without Docker: a ``corral up`` cluster (two
+routers, two workers) scraped by a real Prometheus on loopback, a short load through nginx with
+the real clients, then every query of every panel must return data (finite values).
+
+Grafana's ``$__rate_interval`` is filled with a window that covers the whole load, as a person
+opening the dashboard right after it would see it. The compose test repeats this check against
+the stack's own Prometheus (service discovery included)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster
+from tests.conftest import MODEL_NAME
+from tests.e2e import dashboards
+from tests.e2e.load import short_load
+
+pytestmark = pytest.mark.integration
+
+RATE_WINDOW = "5m"
+DATA_TIMEOUT_S = 30.0
+
+
+def test_every_dashboard_query_returns_data_after_a_short_load(tmp_path: Path, gguf_path: Path, gguf_digest: str):
+    with Cluster(tmp_path / "cluster", workers=2, routers=2) as cluster:
+        cluster.import_models(gguf_path, gguf_digest)
+        jobs = {
+            "router": [url.removeprefix("http://") for url in cluster.router_urls()],
+            "worker": [w["url"].removeprefix("http://") for w in cluster.workers()],
+        }
+        assert len(jobs["router"]) == 2 and len(jobs["worker"]) == 2, jobs
+        with dashboards.Prometheus(tmp_path / "prometheus", jobs) as prometheus:
+            short_load(cluster.endpoint, MODEL_NAME)
+            problems = dashboards.check_all(prometheus.url, RATE_WINDOW, DATA_TIMEOUT_S)
+            down = [t["scrapeUrl"] for t in dashboards.targets(prometheus.url) if t["health"] != "up"]
+    assert not down, f"targets not scraped: {down}"
+    assert not problems, "dashboard queries without data after the load:\n" + "\n".join(
+        f"  {query}\n      -> {problem}" for query, problem in problems.items())
