@@ -577,66 +577,43 @@ def _package(path: str) -> str:
 # ``exclude`` entry is. Rows are inclusive, so they overlap; indentation shows nesting.
 _RUN_ASGI = ["uvicorn/protocols/http/httptools_impl.py:RequestResponseCycle.run_asgi",
              "uvicorn/protocols/http/h11_impl.py:RequestResponseCycle.run_asgi"]
-_STREAMING = ["starlette/responses.py:StreamingResponse.__call__",
-              "starlette/responses.py:StreamingResponse.__call__.<locals>.wrap"]
-_FORWARD = ["corral/router/app.py:_forwarder.<locals>.forward"]
-_SYNC = ["corral/router/dispatch.py:Dispatcher.sync_models"]
+_ENDPOINT = ["corral/router/forward.py:ForwardEndpoint.__call__"]
 KEY_FRAMES = [
-    ("everything a request does (uvicorn's ASGI cycle, plus the task StreamingResponse spawns to send the body)",
-     _RUN_ASGI + _STREAMING, [], ""),
-    ("— middleware and routing around the handler (FastAPI/Starlette layers, Corral's middlewares; not the "
-     "handler, not the response body, not the generation check)", _RUN_ASGI, _FORWARD + _STREAMING + _SYNC,
-     "serve the forwarded routes (`/api/generate`, `/api/chat`, `/v1/...`) from a small raw-ASGI app in front of "
-     "FastAPI (one dict lookup on the path), so the hot path skips FastAPI's routing, exception and body-limit "
-     "layers and the per-request work of Corral's middlewares"),
-    ("— models generation check (`Dispatcher.sync_models`: a Redis GET per request, FreshModelsMiddleware)", _SYNC, [],
-     "check the generation at most every few hundred ms, or push changes (Redis pub/sub), instead of a round trip "
-     "per request"),
-    ("— the route handler (`forward`: parse, place, send to the worker, wait for the first chunk)", _FORWARD, [], ""),
-    ("—— reading and validating the body (`read_json`)", ["corral/api/http.py:read_json"], [],
-     "the worker validates the body again: the router only needs `model` and `keep_alive`; parse with orjson "
-     "and skip the full struct validation on the hot path"),
-    ("—— model lookup (`Dispatcher.model_size`, registry store cache)",
-     ["corral/router/dispatch.py:Dispatcher.model_size"], [], "cache name → size in a plain dict for the TTL"),
-    ("—— taking a slot (`Dispatcher.lease`: Redis EVALSHA acquire, worker list refresh)",
-     ["corral/router/dispatch.py:Dispatcher.lease"], [],
-     "one Redis round trip per request at most; refresh the worker list in the background, not on the request path"),
-    ("—— sending to the worker (`Dispatcher._send`: httpx → httpcore → h11)",
-     ["corral/router/dispatch.py:Dispatcher._send"], [],
-     "a lighter client to the worker (aiohttp, or raw asyncio streams + httptools, which uvicorn already uses on "
-     "the server side): httpx builds Request/URL/Headers objects, goes through anyio and runs h11's pure-Python "
-     "state machine for every request"),
-    ("——— httpcore's pool scan (`_assign_requests_to_connections` → `has_expired` → `is_socket_readable`)",
-     ["httpcore/_async/connection_pool.py:AsyncConnectionPool._assign_requests_to_connections"], [],
-     "httpcore 1.x runs this on every request start and end: for every idle pooled connection it polls the socket "
-     "(`has_expired` → `is_socket_readable`, a syscall) and rebuilds a list over all connections (O(n²) in the "
-     "pool size), and each queued request scans the pool twice more; the cost per request grows with the "
-     "number of connections to the worker (see *router → worker connections after*). A client with an O(1) "
-     "idle-connection stack per worker (aiohttp's connector, or a small pool of raw connections) avoids it"),
-    ("——— httpx's per-request INFO log line (`HTTP Request: POST …`)", [("httpx/", "logging/")], [],
-     "the router logs at INFO and httpx logs every request at INFO: set the `httpx` (and `httpcore`) loggers to "
-     "WARNING in the router"),
-    ("—— waiting for the first chunk (`_first`: `asyncio.wait_for`)", ["corral/router/dispatch.py:_first"], [],
-     "`asyncio.wait_for` wraps the read in a new task per request; `asyncio.timeout()` is cheaper"),
-    ("— the response (`StreamingResponse`: relay the chunks, then give the slot back)", _STREAMING, [],
-     "for `stream: false` the worker's reply can be read whole and sent as one `Response`, without "
-     "StreamingResponse's anyio task group and disconnect listener; for streams, every chunk goes httpcore → "
-     "httpx `aiter_raw` → the `_relay` generator → StreamingResponse → the `send` wrappers of each middleware → "
-     "uvicorn, so relaying straight from the worker's socket to the client's `send` saves per-chunk work"),
-    ("—— relaying chunks (`Dispatcher._relay`)", ["corral/router/dispatch.py:Dispatcher._relay"], [], ""),
-    ("—— giving the slot back (`Dispatcher.finish`: Redis EVALSHA release)",
-     ["corral/router/dispatch.py:Dispatcher.finish"], [],
-     "pipeline it with other Redis work or do it after the response is sent"),
+    ("everything a request does (uvicorn's ASGI cycle)", _RUN_ASGI, [], ""),
+    ("— middleware around the inference routes (FastAPI/Starlette's outer layers, Corral's access and metrics "
+     "middlewares, the shortcut past FastAPI's routing)", _RUN_ASGI, _ENDPOINT,
+     "serve the inference routes from an ASGI app in front of FastAPI altogether (its outer layers — telemetry, "
+     "body limit, server errors — run for every request)"),
+    ("— the inference endpoint (`ForwardEndpoint`: read, place, forward, relay)", _ENDPOINT, [], ""),
+    ("—— reading and parsing the body (`_read_body`, `parse_json_body`)",
+     ["corral/router/forward.py:_read_body", "corral/api/http.py:parse_json_body"], [],
+     "the worker validates the body again: the router only needs `model` and `keep_alive`"),
+    ("—— model lookup (`Dispatcher.model_size`: a per-name cache, then the registry store)",
+     ["corral/router/dispatch.py:Dispatcher.model_size"], [], ""),
+    ("—— taking a slot (`Dispatcher.lease`: the acquire script, worker list refresh)",
+     ["corral/router/dispatch.py:Dispatcher.lease"], [], ""),
+    ("—— sending to the worker and waiting for its answer's head (`Upstream.post`)",
+     ["corral/router/upstream.py:Upstream.post"], [], ""),
+    ("—— relaying the answer (`_relay`: body pieces to uvicorn's `send`)", ["corral/router/forward.py:_relay"], [],
+     ""),
+    ("——— giving the slot back (`Dispatcher.finish`: the release script)",
+     ["corral/router/dispatch.py:Dispatcher.finish"], [], ""),
+    ("—— watching for the client leaving (a task per request)", ["corral/router/forward.py:_watch"], [], ""),
     ("HTTP parsing of incoming requests (uvicorn + httptools)",
      ["uvicorn/protocols/http/httptools_impl.py:HttpToolsProtocol.data_received"], [], ""),
-    ("any Redis call (redis-py)", ["redis/"], [],
-     "fewer round trips per request (today: generation GET, acquire, release, and the worker list every 0.5 s); "
-     "hiredis for reply parsing"),
-    ("any httpx / httpcore / h11 frame", ["httpx/", "httpcore/", "h11/"], [], ""),
-    ("any anyio frame (task groups, streams, cancel scopes)", ["anyio/"], [],
-     "StreamingResponse and every httpx request go through anyio's wrappers over asyncio; fewer layers, fewer tasks"),
+    ("the worker connection's callbacks (`router/upstream.py`: parsing replies)",
+     ["corral/router/upstream.py:_Connection.data_received"], [], ""),
+    ("the per-request Redis connection (`router/redis_lane.py`)",
+     ["corral/router/redis_lane.py:RedisLane.evalsha", "corral/router/redis_lane.py:_Protocol.data_received"], [],
+     ""),
+    ("any redis-py call (worker list, reaper, generation checks off the hot path)", ["redis/"], [], ""),
+    ("— reading the worker list (`live_workers`, every 0.5 s, one read shared by all requests)",
+     ["corral/cluster/workers.py:live_workers"], [], ""),
+    ("any httpx / httpcore / h11 frame (unloads, /api/ps: off the hot path)", ["httpx/", "httpcore/", "h11/"], [],
+     ""),
+    ("any anyio frame (task groups, streams, cancel scopes)", ["anyio/"], [], ""),
     ("any logging", ["logging/"], [], ""),
-    ("Prometheus metrics", ["prometheus_client/"], [], ""),
+    ("Prometheus metrics", ["prometheus_client/"], [], "cache the labelled children per route"),
     ("the reaper (background, every second)", ["corral/router/app.py:_reap_forever"], [], ""),
 ]
 

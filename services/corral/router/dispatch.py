@@ -117,6 +117,7 @@ class Dispatcher:
         self.store = store
         self.http = http
         self._workers: tuple[float, list[WorkerInfo]] = (0.0, [])
+        self._reading_workers: asyncio.Future | None = None
         self._sizes: dict[str, ModelSize] = {}  # by the model's digest
         self._by_name: dict[str, tuple[float, ModelSize]] = {}
         self._models_generation = 0
@@ -128,9 +129,19 @@ class Dispatcher:
         if time.monotonic() - at < WORKERS_CACHE_S:
             now = now_ms()  # a lease may have run out since the list was read
             return [w for w in cached if w.lease_until > now]
-        workers = await live_workers(self.state.redis)
-        self._workers = (time.monotonic(), workers)
-        return workers
+        # One read for everyone: when the list expires under load, every request in flight
+        # would otherwise read it again at once.
+        if self._reading_workers is None:
+            self._reading_workers = asyncio.ensure_future(self._read_workers())
+        return await asyncio.shield(self._reading_workers)
+
+    async def _read_workers(self) -> list[WorkerInfo]:
+        try:
+            workers = await live_workers(self.state.redis)
+            self._workers = (time.monotonic(), workers)
+            return workers
+        finally:
+            self._reading_workers = None
 
     async def sync_models(self) -> bool:
         """Drop this router's cached registry reads if a model changed through any router since
