@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 
@@ -85,3 +86,75 @@ def test_embeddings_have_the_model_width(engine):
     engine.submit(EmbedJob([engine.model.tokenize("hello"), engine.model.tokenize("world")], out.put))
     vectors = out.get(timeout=60)
     assert [len(v) for v in vectors] == [engine.model.n_embd] * 2 and vectors[0] != vectors[1]
+
+
+def test_penalties_are_applied_in_the_sampler_chain(engine):
+    plain = generate(engine, num_predict=24)[0]
+    penalised, done = generate(engine, num_predict=24, sampling=Sampling(
+        temperature=0, repeat_penalty=1.8, presence_penalty=0.5, frequency_penalty=0.5, repeat_last_n=64))
+    assert done.generated_tokens == 24 and penalised != plain
+
+
+def test_a_prompt_that_starts_like_a_cached_sequence_skips_the_shared_prefix(engine):
+    prompt = PROMPT + " a fisherman who"
+    sampling = lambda: Sampling(temperature=0.8)  # noqa: E731  (unseeded: may reuse the cache)
+    first, done1 = generate(engine, prompt, num_predict=8, sampling=sampling())
+    again, done2 = generate(engine, prompt, num_predict=8, sampling=sampling())
+    _, done3 = generate(engine, prompt + first, num_predict=8, sampling=sampling())  # the next turn
+    n = len(engine.model.tokenize(prompt))
+    assert done2.cached == n - 1  # all but the last token, which must be decoded for its logits
+    assert done3.cached >= n - 1 and done3.prompt_tokens > n
+    # A request that promises repeatable text decodes its whole prompt, cache or not.
+    assert generate(engine, prompt, num_predict=8)[1].cached == 0
+
+
+def test_a_long_prompt_is_decoded_in_chunks_between_running_tokens(engine):
+    running: queue.Queue = queue.Queue()
+    engine.submit(GenerateJob(prompt=engine.model.tokenize(PROMPT), sampling=Sampling(temperature=0),
+                              emit=running.put, num_predict=400))
+    assert isinstance(running.get(timeout=60), Token)  # it is generating
+    long_prompt = engine.model.tokenize("The keeper wrote in his log every evening. " * 45)[:450]
+    long_events: queue.Queue = queue.Queue()
+    engine.submit(GenerateJob(prompt=long_prompt, sampling=Sampling(temperature=0), emit=long_events.put,
+                              num_predict=2))
+    first_long = long_events.get(timeout=120)
+    # Tokens of the running job that arrived before the long prompt's first token.
+    during = 0
+    while not running.empty():
+        during += isinstance(running.get_nowait(), Token)
+    assert isinstance(first_long, Token)
+    assert during >= 4, during  # not one 450-token stall: several steps, each with a running token
+    while not isinstance(running.get(timeout=120), Done):
+        pass
+
+
+def test_one_steps_events_cross_to_the_consumer_in_one_post(engine):
+    posts: list[int] = []
+    events: queue.Queue = queue.Queue()
+
+    def post(fn):
+        posts.append(1)
+        fn()
+
+    jobs = [GenerateJob(prompt=engine.model.tokenize(PROMPT), sampling=Sampling(temperature=0.8, seed=s),
+                        emit=events.put, post=post, num_predict=16) for s in (1, 2)]
+    for job in jobs:
+        engine.submit(job)
+    got = [events.get(timeout=60) for _ in range(2 * 17)]  # 16 tokens and a Done each
+    assert sum(isinstance(e, Done) for e in got) == 2
+    assert len(posts) < len(got)  # steps with both sequences delivered both tokens at once
+
+
+def test_embedding_inputs_are_batched_and_match_one_by_one(engine):
+    texts = ["hello", "the lighthouse keeper", "a much longer sentence about ships that pass in the night"]
+    tokens = [engine.model.tokenize(t) for t in texts]
+    together: queue.Queue = queue.Queue()
+    engine.submit(EmbedJob(tokens, together.put))
+    batched = together.get(timeout=60)
+    for toks, vector in zip(tokens, batched):
+        alone: queue.Queue = queue.Queue()
+        engine.submit(EmbedJob([toks], alone.put))
+        (single,) = alone.get(timeout=60)
+        dot = sum(a * b for a, b in zip(vector, single))
+        norms = math.sqrt(sum(a * a for a in vector)) * math.sqrt(sum(b * b for b in single))
+        assert dot / norms > 0.9999

@@ -5,7 +5,9 @@ holds ``n_parallel`` sequences, and a thread that runs the decode loop: each ste
 token from every sequence that is generating plus a chunk of prompt from sequences still
 reading theirs (so a long prompt never stalls running streams for long), runs one
 ``llama_decode``, samples each sequence with its own llama.cpp sampler chain, and hands
-each token to its job through the job's ``emit`` callback.
+each token to its job through the job's ``emit`` callback. A job may also name a ``post``
+hook (``loop.call_soon_threadsafe``): the tokens of one step then cross to the consumer's
+thread in one handoff per step, not one per sequence.
 
 The weights are loaded once (``LlamaModel``) however many sequences run. Sampling, grammar
 included, happens inside llama.cpp: the per-token Python work is a few ctypes calls.
@@ -16,6 +18,7 @@ Ollama responses.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import math
 import queue
@@ -107,6 +110,7 @@ class Done:
     generated_tokens: int
     generate_seconds: float
     tokens: list[int]  # the whole sequence: Ollama's deprecated ``context``
+    cached: int = 0  # prompt tokens reused from the sequence's KV cache, not decoded again
 
 
 @dataclass
@@ -126,6 +130,10 @@ class GenerateJob:
     num_keep: int = 4
     shift: bool = True
     top_logprobs: int = -1  # -1: no logprobs; 0: the sampled token's only; n: plus the n likeliest
+    # None: ``emit`` runs on the engine thread. Otherwise ``post(fn)`` must run ``fn`` on the
+    # consumer's side (an event loop's call_soon_threadsafe); the engine posts once per step for
+    # all jobs sharing the same hook, which saves a thread wake-up and a GIL handoff per token.
+    post: Callable[[Callable[[], None]], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -212,14 +220,28 @@ def _context_params(options: LoadOptions, *, n_ctx: int, n_seq: int, threads: in
     params.n_threads_batch = threads
     params.embeddings = embeddings
     params.no_perf = True
-    # One KV pool shared by all sequences: measured ~35% faster than per-sequence streams at
-    # 4-8 streams on CPU. Each sequence is still held to num_ctx positions by the engine.
-    params.kv_unified = True
+    # Generation: one KV stream per sequence, as llama-server does. Measured against one
+    # shared pool (loadtest/reports/engine.md): in a shared pool every token attends over the
+    # cells all slots keep cached (single stream 40 vs 51 tok/s once 8 slots held a prompt),
+    # and a sequence's text depends on where its cells land. The cost: llama.cpp splits a
+    # step mixing one-token decodes with a prompt chunk into several ubatches, so running
+    # streams slow down more during another's prefill. Embeddings pack several sequences
+    # into one pool.
+    params.kv_unified = embeddings
     params.flash_attn_type = 1 if options.flash_attention else 0
     kv = _KV_TYPES.get(options.kv_cache_type, 1)
     params.type_k = kv
     params.type_v = kv
     return params
+
+
+# While sequences are generating, a step also decodes at most this share of a generating-only
+# step's time worth of prompt tokens: a long prompt then stretches running streams' token gaps
+# by at most ~(1 + share)x instead of stalling them for its whole prefill.
+PREFILL_SHARE = 0.6
+MIN_PREFILL_CHUNK = 8  # tokens; a prompt always advances
+FIRST_PREFILL_CHUNK = 32  # before the engine has timed a step
+EMBED_SEQS = 16  # embedding inputs decoded together in one llama_decode
 
 
 class _Slot:
@@ -237,6 +259,7 @@ class _Slot:
         self.prompt_tokens = 0
         self.started = 0.0
         self.prompt_done_at = 0.0
+        self.reused = 0  # prompt tokens the current job took from the cache
 
 
 class Engine:
@@ -258,6 +281,12 @@ class Engine:
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
         self._embed_ctx = None
         self._slots = [_Slot(i) for i in range(self.n_parallel)]
+        self._eog: dict[int, bool] = {}
+        # Step timings (EMA, seconds) that size prompt chunks while other sequences generate.
+        self._decode_step_s = 0.0
+        self._prompt_token_s = 0.0
+        # Events of the current step, delivered together at its end (see GenerateJob.post).
+        self._outbox: list[tuple[GenerateJob, Event]] = []
         # Unbounded on purpose: the scheduler admits at most n_parallel generate jobs.
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = threading.Event()
@@ -297,6 +326,7 @@ class Engine:
                     break
                 waiting = self._assign(waiting)
                 self._step()
+                self._flush()
         except Exception as exc:  # a bug here must not leave requests hanging
             logger.exception("decode loop crashed")
             self._fail_all(waiting, f"engine failure: {exc}")
@@ -305,60 +335,95 @@ class Engine:
 
     def _drain_inbox(self, waiting: list[GenerateJob], *, block: bool) -> bool:
         """Take every submitted job; wait for one only when idle. False means: stop."""
+        embeds: list[EmbedJob] = []
+        stop = False
         try:
             item = self._inbox.get(block=block)
             while True:
                 if item is None:
-                    return False
+                    stop = True
+                    break
                 if isinstance(item, EmbedJob):
-                    self._embed(item)
+                    embeds.append(item)
                 else:
                     waiting.append(item)
                 item = self._inbox.get_nowait()
         except queue.Empty:
-            return True
+            pass
+        if embeds:
+            self._embed(embeds)
+        return not stop
+
+    def _emit(self, job: GenerateJob, event: Event) -> None:
+        self._outbox.append((job, event))
+
+    def _flush(self) -> None:
+        """Hand this step's events over: one post per consumer, or straight to ``emit``."""
+        if not self._outbox:
+            return
+        events, self._outbox = self._outbox, []
+        posts: dict[Callable, list[tuple[Callable[[Event], None], Event]]] = {}
+        for job, event in events:
+            if job.post is None:
+                job.emit(event)
+            else:
+                posts.setdefault(job.post, []).append((job.emit, event))
+        for post, items in posts.items():
+            try:
+                post(functools.partial(_deliver, items))
+            except RuntimeError:  # the consumer's loop is closed: nobody is listening
+                logger.debug("dropped %d events for a closed consumer", len(items))
 
     def _fail_all(self, waiting: list[GenerateJob], message: str) -> None:
         for job in waiting:
-            job.emit(Failed(message))
+            self._emit(job, Failed(message))
         for slot in self._slots:
             if slot.job:
-                slot.job.emit(Failed(message))
+                self._emit(slot.job, Failed(message))
                 slot.job = None
+        self._flush()
         self._closed.set()
 
     def _assign(self, waiting: list[GenerateJob]) -> list[GenerateJob]:
-        """Put waiting jobs on free slots, preferring the slot whose cache shares the longest prefix."""
+        """Put waiting jobs on free slots: the one whose cache shares the longest prefix with
+        the prompt (the next turn of a chat), else the first free one."""
         left = []
         for job in waiting:
             if job.cancelled.is_set():
-                job.emit(Done("cancel", 0, 0.0, 0, 0.0, []))
+                self._emit(job, Done("cancel", 0, 0.0, 0, 0.0, []))
                 continue
             free = [s for s in self._slots if s.job is None]
             if not free:
                 left.append(job)
                 continue
+            # Ties go to the first free slot: the other slots keep their caches for their chats.
             slot = max(free, key=lambda s: _common_prefix(s.cached, job.prompt))
             try:
                 self._start(slot, job)
             except Exception as exc:
-                job.emit(Failed(str(exc)))
+                slot.job = None
+                self._free_sampler(slot)
+                self._emit(job, Failed(str(exc)))
         return left
 
     def _start(self, slot: _Slot, job: GenerateJob) -> None:
         prompt = self._fit_prompt(job)
-        # Reuse the cached prefix, but always decode at least one token to get logits.
-        # Not for requests that promise repeatable text (a seed, or greedy sampling):
-        # decoding a prompt in batches of different shapes changes the logits slightly.
+        # Reuse the cached prefix (llama-server's cache_prompt), but always decode at least
+        # one token to get logits. Not for requests that promise repeatable text (a seed, or
+        # greedy): the rest of the prompt then runs in a batch of another shape, and llama.cpp's
+        # CPU matmuls round differently by batch shape, which flips near-ties (measured: a
+        # greedy chat answer changed after a similar prompt had been cached).
         keep = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
         if job.sampling.seed >= 0 or job.sampling.temperature <= 0:
             keep = 0
-        lc.llama_memory_seq_rm(self.mem, slot.seq, keep, -1)
+        if not lc.llama_memory_seq_rm(self.mem, slot.seq, keep, -1):
+            keep = 0
+            lc.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
         slot.cached = prompt[:keep]
         slot.pending = prompt[keep:]
         slot.n_past = keep
-        slot.job = job
         slot.sampler = self._make_sampler(job.sampling)
+        slot.job = job
         # Penalties look at recent history, so feed them the prompt as llama-server does;
         # not when a grammar is in the chain, since it must only see generated text.
         if job.sampling.grammar is None and job.sampling.repeat_last_n:
@@ -369,6 +434,7 @@ class Engine:
         slot.prompt_tokens = len(prompt)
         slot.started = time.perf_counter()
         slot.prompt_done_at = 0.0
+        slot.reused = keep
 
     def _fit_prompt(self, job: GenerateJob) -> list[int]:
         """Ollama's truncation: keep num_keep tokens, then as much of the end as fits."""
@@ -394,7 +460,8 @@ class Engine:
             s.repeat_penalty != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0
         ):
             last_n = self.n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
-            add(lc.llama_sampler_init_penalties(last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty))
+            add(lc.llama_sampler_init_penalties(
+                self.model.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty))
         if s.temperature <= 0:
             add(lc.llama_sampler_init_greedy())
             return chain
@@ -425,7 +492,7 @@ class Engine:
             lc.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
             slot.cached = []
         assert job is not None
-        job.emit(event)
+        self._emit(job, event)
 
     def _done_event(self, slot: _Slot, reason: str, *, last: int | None = None) -> Done:
         now = time.perf_counter()
@@ -437,6 +504,7 @@ class Engine:
             generated_tokens=slot.generated,
             generate_seconds=now - prompt_end,
             tokens=slot.cached + ([last] if last is not None else []),
+            cached=slot.reused,
         )
 
     def _shift(self, slot: _Slot) -> bool:
@@ -454,6 +522,15 @@ class Engine:
         slot.cached = slot.cached[:keep] + slot.cached[keep + discard :]
         slot.n_past -= discard
         return True
+
+    def _prompt_budget(self, generating: int) -> int:
+        """Prompt tokens this step may take: all it can while nobody waits for a token,
+        else about PREFILL_SHARE of a generating step's time."""
+        if not generating:
+            return self.n_batch
+        if self._decode_step_s <= 0 or self._prompt_token_s <= 0:
+            return FIRST_PREFILL_CHUNK
+        return max(MIN_PREFILL_CHUNK, int(PREFILL_SHARE * self._decode_step_s / self._prompt_token_s))
 
     def _step(self) -> None:
         batch = self.batch
@@ -475,15 +552,17 @@ class Engine:
                 slot.n_past += 1
                 sample_at.append((slot, n))
                 n += 1
+        generating = n
         # Prompt chunks fill whatever room the generating sequences left in this step.
+        budget = min(self._prompt_budget(generating), self.n_batch - n)
         for slot in self._slots:
             if slot.job is None or not slot.pending:
                 continue
-            room = self.n_batch - n
-            if room <= 0:
+            if budget <= 0:
                 break
-            chunk = slot.pending[:room]
-            slot.pending = slot.pending[room:]
+            chunk = slot.pending[:budget]
+            slot.pending = slot.pending[budget:]
+            budget -= len(chunk)
             for i, tok in enumerate(chunk):
                 last = not slot.pending and i == len(chunk) - 1
                 _put(batch, n, tok, slot.n_past, slot.seq, last)
@@ -495,11 +574,15 @@ class Engine:
         if n == 0:
             return
         batch.n_tokens = n
+        started = time.perf_counter()
         rc = lc.llama_decode(self.ctx, batch)
+        elapsed = time.perf_counter() - started
         if rc != 0:
             for slot, _ in sample_at:
-                self._finish(slot, Failed(f"llama_decode failed ({rc})"))
+                if slot.job is not None:
+                    self._finish(slot, Failed(f"llama_decode failed ({rc})"))
             return
+        self._time_step(generating, n - generating, elapsed)
         for slot, index in sample_at:
             job = slot.job
             if job is None:
@@ -507,7 +590,7 @@ class Engine:
             if not slot.prompt_done_at:
                 slot.prompt_done_at = time.perf_counter()
             token = lc.llama_sampler_sample(slot.sampler, self.ctx, index)
-            if self.model.is_eog(token):
+            if self._is_eog(token):
                 self._finish(slot, self._done_event(slot, "stop"))
                 continue
             slot.generated += 1
@@ -515,11 +598,28 @@ class Engine:
             event = Token(token, self.model.piece(token))
             if job.top_logprobs >= 0:
                 event.logprob, event.top = self._logprobs(index, token, job.top_logprobs)
-            job.emit(event)
+            self._emit(job, event)
             if 0 <= job.num_predict <= slot.generated:
                 # The last token was sampled but never decoded: not in the KV cache.
                 slot.last = None
                 self._finish(slot, self._done_event(slot, "length", last=token))
+
+    def _time_step(self, generating: int, prompt: int, elapsed: float) -> None:
+        """Learn what a generating step and a prompt token cost (exponential averages)."""
+        if prompt == 0:
+            self._decode_step_s = _ema(self._decode_step_s, elapsed)
+        elif generating == 0:
+            self._prompt_token_s = _ema(self._prompt_token_s, elapsed / prompt)
+        elif self._decode_step_s > 0:
+            extra = max(elapsed - self._decode_step_s, 0.0)
+            self._prompt_token_s = _ema(self._prompt_token_s, extra / prompt)
+
+    def _is_eog(self, token: int) -> bool:
+        # Cached: one ctypes call per distinct token instead of one per generated token.
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = self.model.is_eog(token)
+        return eog
 
     def _logprobs(self, index: int, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
         """Log-softmax of the model's raw logits at ``index`` (only for jobs that ask)."""
@@ -535,15 +635,25 @@ class Engine:
 
     # -- embeddings ---------------------------------------------------------------------
 
-    def _embed(self, job: EmbedJob) -> None:
+    def _embed(self, jobs: list[EmbedJob]) -> None:
+        """Every input of every waiting job, packed into as few decodes as fit."""
         try:
-            job.done(self._embed_inputs(job.inputs))
+            flat = [tokens for job in jobs for tokens in job.inputs]
+            vectors = self._embed_inputs(flat)
         except Exception as exc:
-            job.done(exc)
+            for job in jobs:
+                job.done(exc)
+            return
+        at = 0
+        for job in jobs:
+            job.done(vectors[at : at + len(job.inputs)])
+            at += len(job.inputs)
 
-    def _embed_inputs(self, inputs: list[list[int]]) -> list[list[float]]:
+    def _embed_context(self):
         if self._embed_ctx is None:
-            params = _context_params(self.options, n_ctx=self.n_ctx, n_seq=1, threads=self.threads, embeddings=True)
+            params = _context_params(
+                self.options, n_ctx=self.n_ctx, n_seq=EMBED_SEQS, threads=self.threads, embeddings=True
+            )
             ctx = lc.llama_init_from_model(self.model.ptr, params)
             if ctx and lc.llama_pooling_type(ctx) == lc.LLAMA_POOLING_TYPE_NONE:
                 # A generative model has no pooling of its own: average its token states.
@@ -554,25 +664,50 @@ class Engine:
                 raise EngineError("failed to create embedding context")
             self._embed_ctx = ctx
             self._embed_batch_size = params.n_batch
-        ctx = self._embed_ctx
+        return self._embed_ctx
+
+    def _embed_inputs(self, inputs: list[list[int]]) -> list[list[float]]:
+        ctx = self._embed_context()
+        room = self._embed_batch_size
         mem = lc.llama_get_memory(ctx)
-        batch = lc.llama_batch_init(self._embed_batch_size, 0, 1)
+        bos = lc.llama_vocab_bos(self.model.vocab)
+        inputs = [tokens[:room] or [bos] for tokens in inputs]
+        out: list[list[float]] = [[] for _ in inputs]
+        batch = lc.llama_batch_init(room, 0, 1)
         try:
-            out = []
-            for tokens in inputs:
-                tokens = tokens[: self._embed_batch_size] or [lc.llama_vocab_bos(self.model.vocab)]
+            # Longest first, then fill each decode with as many as fit (tokens and sequences).
+            order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+            while order:
+                group, used = [], 0
+                for i in order:
+                    if len(group) < EMBED_SEQS and used + len(inputs[i]) <= room:
+                        group.append(i)
+                        used += len(inputs[i])
+                order = [i for i in order if i not in group]
                 lc.llama_memory_clear(mem, True)
-                for i, tok in enumerate(tokens):
-                    _put(batch, i, tok, i, 0, True)
-                batch.n_tokens = len(tokens)
+                n = 0
+                for seq, i in enumerate(group):
+                    for pos, tok in enumerate(inputs[i]):
+                        _put(batch, n, tok, pos, seq, True)
+                        n += 1
+                batch.n_tokens = n
                 rc = lc.llama_decode(ctx, batch)
                 if rc != 0:
                     raise EngineError(f"llama_decode failed ({rc})")
-                ptr = lc.llama_get_embeddings_seq(ctx, 0)
-                out.append(ptr[: self.model.n_embd])
+                for seq, i in enumerate(group):
+                    out[i] = lc.llama_get_embeddings_seq(ctx, seq)[: self.model.n_embd]
             return out
         finally:
             lc.llama_batch_free(batch)
+
+
+def _deliver(items: list[tuple[Callable[[Event], None], Event]]) -> None:
+    for emit, event in items:
+        emit(event)
+
+
+def _ema(current: float, sample: float, weight: float = 0.2) -> float:
+    return sample if current <= 0 else current + weight * (sample - current)
 
 
 def _put(batch, i: int, token: int, pos: int, seq: int, logits: bool) -> None:

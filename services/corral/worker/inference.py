@@ -394,7 +394,9 @@ class Inference:
         job = eng.GenerateJob(
             prompt=tokens,
             sampling=sampling,
-            emit=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
+            # The engine posts each step's events to this loop in one handoff.
+            emit=events.put_nowait,
+            post=loop.call_soon_threadsafe,
             num_predict=int(options.get("num_predict", -1)),
             num_keep=int(options.get("num_keep", 4)),
             shift=body.get("shift", True) is not False,
