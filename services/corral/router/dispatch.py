@@ -56,7 +56,7 @@ SIZE_BY_NAME_S = 2.0
 QUEUE_POLL_S = 0.02
 UNLOAD_TIMEOUT_S = 30.0
 # Response headers that describe the hop, not the content.
-_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
 _RETRY_STATUSES = {502, 503, 504}
 
 
@@ -383,7 +383,7 @@ class Dispatcher:
         except httpx.HTTPError as exc:
             raise UpstreamError(f"worker {workers[0].id}: {exc}") from exc
         return Response(reply.content, status_code=reply.status_code,
-                        headers={k: v for k, v in reply.headers.items() if k.lower() not in _HOP})
+                        headers={k: v for k, v in reply.headers.items() if k.lower() not in HOP_HEADERS})
 
     async def _unload_everywhere(self, model: str, path: str, body: dict[str, Any]) -> Response:
         """``keep_alive: 0`` with nothing to run: unload the model from every worker holding it."""

@@ -25,13 +25,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from corral.api.errors import BadRequestError, CorralError
 from corral.api.http import MAX_JSON_BODY, answer_error, parse_json_body
 from corral.api.streams import ndjson_line
-from corral.router.dispatch import Dispatcher, Downstream, Forwarded
+from corral.router.dispatch import HOP_HEADERS, Dispatcher, Downstream, Forwarded
 from corral.router.upstream import UpstreamBroken
 
 logger = logging.getLogger(__name__)
 
-# Response headers that describe the hop, not the content.
-_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server"}
+# The same hop headers as every relay drops (dispatch.py), as ASGI's byte strings.
+_HOP = {name.encode() for name in HOP_HEADERS}
 
 FORWARDED = {
     "/api/generate": "GenerateRequest", "/api/chat": "ChatRequest", "/api/embed": "EmbedRequest",
