@@ -201,3 +201,103 @@ def test_an_owner_can_abandon_the_wait():
             upstream.close()
 
     asyncio.run(main())
+
+
+class Sink:
+    """What ``Reply.pipe`` hands pieces to: records them; ``full`` says the client is behind."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.full = False
+        self.drains = 0
+        self.reading_while_full: list[bool] = []  # was the worker connection read while we drained?
+        self.reply = None
+
+    def __call__(self, data: bytes) -> bool:
+        self.pieces.append(data)
+        return not self.full
+
+    async def drained(self) -> None:
+        self.drains += 1
+        if self.reply is not None:
+            self.reading_while_full.append(self.reply.conn.transport.is_reading())
+        await asyncio.sleep(0.05)
+        self.full = False
+
+
+def test_a_piped_stream_reaches_the_sink_and_the_connection_is_reused():
+    async def main() -> None:
+        lines = [b'{"response":"a"}\n', b'{"response":"b"}\n', b'{"done":true}\n']
+        async with Server(chunked(lines)) as server:
+            upstream = Upstream(connect_timeout=2)
+            for _ in range(2):
+                reply = await post(upstream, server)
+                first = await reply.read()
+                sink = Sink()
+                await reply.pipe(sink, sink.drained, gap=5)
+                assert first + b"".join(sink.pieces) == b"".join(lines)
+                assert len(sink.pieces) >= 1 and reply.complete
+                reply.release()
+            assert server.connections == 1
+            upstream.close()
+
+    asyncio.run(main())
+
+
+def test_a_cut_piped_stream_fails_after_what_came():
+    async def main() -> None:
+        async with Server(chunked([b'{"response":"a"}\n', b'{"response":"b"}\n'], cut=True)) as server:
+            upstream = Upstream(connect_timeout=2)
+            reply = await post(upstream, server)
+            sink = Sink()
+            with pytest.raises(UpstreamBroken):
+                await reply.pipe(sink, sink.drained, gap=5)
+            assert b"".join(sink.pieces) == b'{"response":"a"}\n{"response":"b"}\n'
+            reply.release()
+            upstream.close()
+
+    asyncio.run(main())
+
+
+def test_a_piped_stream_that_goes_quiet_times_out_once_per_gap():
+    async def slow(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for gap in (0.1, 0.1, 0.1, 0.1, 0.1, 3.0):  # steady pieces (each well within the gap), then silence
+            writer.write(b"2\r\nx\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(gap)
+
+    async def main() -> None:
+        async with Server(slow) as server:
+            upstream = Upstream(connect_timeout=2)
+            reply = await post(upstream, server)
+            sink = Sink()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(UpstreamTimeout):
+                await reply.pipe(sink, sink.drained, gap=0.3)
+            # 0.5 s of pieces kept it going; the silence ended it within two gaps of the last piece
+            assert len(sink.pieces) == 6
+            assert 0.5 < loop.time() - started < 1.3
+            reply.release()
+            upstream.close()
+
+    asyncio.run(main())
+
+
+def test_a_full_sink_pauses_the_worker_connection_until_drained():
+    async def main() -> None:
+        lines = [b"%d\n" % i for i in range(5)]
+        async with Server(chunked(lines)) as server:
+            upstream = Upstream(connect_timeout=2)
+            reply = await post(upstream, server)
+            sink = Sink()
+            sink.reply = reply
+            sink.full = True  # behind from the first piece on
+            await reply.pipe(sink, sink.drained, gap=5)
+            assert b"".join(sink.pieces) == b"".join(lines)
+            assert sink.drains == 1 and sink.reading_while_full == [False]
+            reply.release()
+            upstream.close()
+
+    asyncio.run(main())

@@ -31,7 +31,7 @@ from corral.api.http import (
 from corral.api.streams import format_time
 from corral.cluster.model_times import RedisModelTimes
 from corral.router.dispatch import ClusterUnavailableError, Dispatcher
-from corral.router.forward import FORWARDED, ForwardEndpoint, ForwardShortcut
+from corral.router.forward import FORWARDED, RAW_SEND, ForwardEndpoint, ForwardShortcut
 from corral.router.metrics import RouterMetrics
 from corral.router.redis_lane import RedisLane
 from corral.router.settings import RouterSettings
@@ -195,6 +195,13 @@ class FreshModelsMiddleware:
                     await d.state.models_changed()
 
 
+class _RouterApp(FastAPI):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The server's own send, for streams piped past the middleware (forward.py).
+        scope[RAW_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: RouterSettings) -> FastAPI:
     metrics = RouterMetrics()
     metrics.start_at_zero(list(FORWARDED))
@@ -229,7 +236,7 @@ def create_app(settings: RouterSettings) -> FastAPI:
             await redis.aclose()
             times.close()
 
-    app = FastAPI(title="Corral router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = _RouterApp(title="Corral router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(router)
     app.include_router(models_router)
     app.add_middleware(ForwardShortcut, routes=_FORWARD_ROUTES)

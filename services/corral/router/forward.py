@@ -7,6 +7,14 @@ and exception layers, and ``ForwardEndpoint`` relays the worker's bytes straight
 with its length). The same endpoints are also registered as FastAPI routes, so other methods
 on these paths get the router's 405 like every other route.
 
+Under uvicorn's httptools protocol (what ``corral router`` runs), a stream's pieces after the
+first skip ASGI too: the worker connection's read callback writes each one as an HTTP chunk
+to the client's transport (``_ClientPipe``, ``Reply.pipe``). A token line then costs a read and
+a write, not a task wake-up and a chain of ``send`` wrappers, which is what let 64 streams'
+lines queue up behind each other. The response's head and end still go through ``send``, so
+middleware sees the status and uvicorn ends the chunked body; anywhere else the relay stays
+plain ASGI.
+
 A client that leaves is noticed by a small task waiting on ``receive``: it stops the request
 wherever it is (queued, loading, generating), closing the worker connection so the worker
 stops too; the slot is given back in every case.
@@ -32,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 # The same hop headers as every relay drops (dispatch.py), as ASGI's byte strings.
 _HOP = {name.encode() for name in HOP_HEADERS}
+# Where the router app (app.py) puts the server's own ``send``, before any middleware wraps it.
+RAW_SEND = "corral.raw_send"
 
 FORWARDED = {
     "/api/generate": "GenerateRequest", "/api/chat": "ChatRequest", "/api/embed": "EmbedRequest",
@@ -58,7 +68,7 @@ class ForwardEndpoint:
             if isinstance(answer, Response):
                 await answer(scope, receive, send)
             else:
-                await _relay(answer, dispatcher, client, send)
+                await _relay(answer, dispatcher, client, send, scope.get(RAW_SEND))
         except CorralError as exc:
             await answer_error(scope["method"], self.path, exc)(scope, receive, send)
         finally:
@@ -90,7 +100,7 @@ async def _watch(receive: Receive, client: Downstream) -> None:
         client.gone()
 
 
-async def _relay(answer: Forwarded, dispatcher: Dispatcher, client: Downstream, send: Send) -> None:
+async def _relay(answer: Forwarded, dispatcher: Dispatcher, client: Downstream, send: Send, raw_send: Send | None) -> None:
     reply = answer.reply
     headers = [(k, v) for k, v in reply.headers if k not in _HOP]
     released = False
@@ -111,23 +121,62 @@ async def _relay(answer: Forwarded, dispatcher: Dispatcher, client: Downstream, 
             await send({"type": "http.response.body", "body": answer.first})
             return
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        chunk = answer.first
         # A worker that stops sending for as long as a load may take is stuck: the stream ends.
         gap = dispatcher.settings.load_timeout_seconds
-        while chunk:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            try:
-                chunk = await reply.read_within(gap)
-            except UpstreamBroken as exc:
-                if not client.disconnected:
-                    await send(_cut_message(answer, exc))
-                break
+        try:
+            await send({"type": "http.response.body", "body": answer.first, "more_body": True})
+            pipe = _ClientPipe.of(raw_send)
+            if pipe is not None:
+                await reply.pipe(pipe, pipe.drained, gap)
+            else:
+                while chunk := await reply.read_within(gap):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamBroken as exc:
+            if not client.disconnected:
+                await send(_cut_message(answer, exc))
         await give_back()
         await send({"type": "http.response.body", "body": b""})
     finally:
         client.reply = None
         reply.release()
         await give_back()
+
+
+class _ClientPipe:
+    """Writes body pieces as HTTP/1.1 chunks straight to the client's transport, when ``send`` is
+    uvicorn's httptools protocol and the response is chunked (else ``of`` gives None). It frames
+    them exactly as uvicorn's own ``send`` does, and uvicorn writes the closing chunk."""
+
+    __slots__ = ("transport",)
+    HIGH_WATER = 1 << 20  # bytes waiting for a slow client before the worker connection pauses
+    LOW_WATER = 1 << 16
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+    @classmethod
+    def of(cls, raw_send: Send | None) -> _ClientPipe | None:
+        cycle = getattr(raw_send, "__self__", None)
+        if type(cycle).__module__ != "uvicorn.protocols.http.httptools_impl":
+            return None
+        if not getattr(cycle, "chunked_encoding", False) or getattr(cycle, "disconnected", True):
+            return None
+        return cls(cycle.transport)
+
+    def __call__(self, data: bytes) -> bool:
+        transport = self.transport
+        if transport.is_closing():
+            return False  # the client left: pause, and let the watcher end the request
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        return transport.get_write_buffer_size() <= self.HIGH_WATER
+
+    async def drained(self) -> None:
+        # A slow client is rare and a stream's pace is tokens: polling costs less than hooking
+        # uvicorn's flow control.
+        while not self.transport.is_closing() and self.transport.get_write_buffer_size() > self.LOW_WATER:
+            await asyncio.sleep(0.01)
+        if self.transport.is_closing():
+            raise UpstreamBroken("the client went away")
 
 
 def _cut_message(answer: Forwarded, exc: Exception) -> Message:

@@ -6,6 +6,11 @@ socket on every request) cost most of a router's CPU per request. This one does 
 path: an ``asyncio.Protocol`` per connection, ``httptools`` (the C parser uvicorn already uses)
 for responses, and per worker a LIFO stack of idle connections, so taking one is O(1).
 
+A streamed body can also be *piped* (``Reply.pipe``): each piece goes to a sink function from
+the connection's read callback, so relaying one token line costs no task wake-up, future or timer.
+With 64 streams a decode step delivers 64 lines at once and one process relays them in turn, so
+the per-line cost is what a line waits behind (bench_router part 1).
+
 Bounded everywhere: connect timeout, a first-byte timeout, at most ``MAX_IDLE_PER_WORKER`` idle
 connections per worker, idle connections dropped before the worker's own keep-alive would close
 them, and at most ``HIGH_WATER`` bytes read ahead of the client before reading pauses.
@@ -17,6 +22,7 @@ import asyncio
 import math
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,7 +47,7 @@ class Reply:
 
     __slots__ = (
         "conn", "parser", "status", "headers", "_chunks", "_buffered", "_paused", "_done", "_error",
-        "_waiter", "_head", "_received", "keep_alive",
+        "_waiter", "_head", "_received", "keep_alive", "_sink", "_moved",
     )
 
     def __init__(self, conn: _Connection) -> None:
@@ -58,6 +64,8 @@ class Reply:
         self._head: asyncio.Future = asyncio.get_running_loop().create_future()
         self._received = False  # any byte of the answer: a reused connection that fails before is retried
         self.keep_alive = False
+        self._sink: Callable[[bytes], bool] | None = None  # set while piped
+        self._moved = False  # a piece was piped since the gap timer last looked
 
     # -- httptools callbacks
 
@@ -71,6 +79,8 @@ class Reply:
 
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
+        if self._sink is not None:
+            return  # _feed hands over what the whole read brought, in one piece
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._paused:
             self._paused = True
@@ -90,6 +100,18 @@ class Reply:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.fail(UpstreamBroken(f"bad response from worker: {exc}"))
+            return
+        if self._sink is not None and self._chunks:
+            self._pass_on()
+
+    def _pass_on(self) -> None:
+        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._moved = True
+        if not self._sink(data) and not self._paused:  # the client is behind: stop reading until it catches up
+            self._paused = True
+            self.conn.transport.pause_reading()
+            self._wake()
 
     def fail(self, exc: Exception) -> None:
         """The connection broke (or a timeout or the router gave up): wake whoever waits."""
@@ -151,6 +173,50 @@ class Reply:
             return await self.read()
         finally:
             handle.cancel()
+
+    async def pipe(self, sink: Callable[[bytes], bool], drained: Callable[[], Awaitable[None]], gap: float) -> None:
+        """Hand the rest of the body to ``sink`` piece by piece, straight from the read callback,
+        until it is complete. ``sink`` returns False when the client has fallen behind; reading
+        then pauses until ``drained()`` returns. Raises UpstreamBroken like ``read``, also when
+        nothing arrives for ``gap`` seconds (one timer per gap, not one per piece)."""
+        loop = asyncio.get_running_loop()
+        self._sink = sink
+        timer = None
+
+        def look() -> None:
+            nonlocal timer
+            if self._moved:
+                self._moved = False
+                timer = loop.call_later(gap, look)
+            else:
+                self.fail(UpstreamTimeout(f"no answer from the worker within {gap:g} s"))
+
+        try:
+            if self._chunks:
+                self._pass_on()
+            if not math.isinf(gap):
+                timer = loop.call_later(gap, look)
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self._done:
+                    return
+                if self._paused:
+                    await drained()
+                    self._paused = False
+                    self._moved = True
+                    if not self.conn.closed:
+                        self.conn.transport.resume_reading()
+                    continue
+                self._waiter = loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+        finally:
+            self._sink = None
+            if timer is not None:
+                timer.cancel()
 
     async def read_all(self) -> bytes:
         parts = []
