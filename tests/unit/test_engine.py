@@ -158,3 +158,35 @@ def test_embedding_inputs_are_batched_and_match_one_by_one(engine):
         dot = sum(a * b for a, b in zip(vector, single))
         norms = math.sqrt(sum(a * a for a in vector)) * math.sqrt(sum(b * b for b in single))
         assert dot / norms > 0.9999
+
+
+def test_short_prompts_arriving_together_start_in_the_same_step(engine):
+    """A burst of short prompts while another sequence generates: each goes in whole, so all of
+    them produce their first token in the next step instead of queueing behind each other."""
+    step = {"n": 0}
+    first_at: dict[int, int] = {}
+    shorts: list[GenerateJob] = []
+
+    def post(fn):  # runs on the engine thread at the end of each step
+        step["n"] += 1
+        fn()
+        if step["n"] == 3:  # between two steps: both are in the inbox when the next one starts
+            for job in shorts:
+                engine.submit(job)
+
+    def first_token(i: int):
+        def emit(ev) -> None:
+            if isinstance(ev, Token) and i not in first_at:
+                first_at[i] = step["n"]
+        return emit
+
+    running: queue.Queue = queue.Queue()
+    engine.submit(GenerateJob(prompt=engine.model.tokenize(PROMPT), sampling=Sampling(temperature=0),
+                              emit=running.put, post=post, num_predict=60))
+    prompt = engine.model.tokenize("The keeper wrote in his log every evening. " * 5)
+    assert 40 < len(prompt) <= 128  # more than a minimum chunk: chunked, they would take several steps
+    shorts += [GenerateJob(prompt=prompt, sampling=Sampling(temperature=0), emit=first_token(i), post=post,
+                           num_predict=2) for i in range(2)]
+    while not isinstance(running.get(timeout=120), Done):
+        pass
+    assert first_at == {0: 4, 1: 4}, first_at

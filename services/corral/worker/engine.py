@@ -241,6 +241,11 @@ def _context_params(options: LoadOptions, *, n_ctx: int, n_seq: int, threads: in
 PREFILL_SHARE = 0.6
 MIN_PREFILL_CHUNK = 8  # tokens; a prompt always advances
 FIRST_PREFILL_CHUNK = 32  # before the engine has timed a step
+# A prompt this short that has not begun goes into one step whole, whatever the budget: it
+# lengthens one step, and its sequence starts generating at once. Chunking it would make a burst
+# of chat turns wait for each other (64 prompts of 15 tokens: 19 s to the first token of the
+# last one, against 1.7 s whole). Long prompts stay chunked, so running streams keep their pace.
+WHOLE_PROMPT = 128
 EMBED_SEQS = 16  # embedding inputs decoded together in one llama_decode
 
 
@@ -260,6 +265,7 @@ class _Slot:
         self.started = 0.0
         self.prompt_done_at = 0.0
         self.reused = 0  # prompt tokens the current job took from the cache
+        self.fresh = False  # its prompt has not begun decoding
 
 
 class Engine:
@@ -421,6 +427,7 @@ class Engine:
             lc.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
         slot.cached = prompt[:keep]
         slot.pending = prompt[keep:]
+        slot.fresh = True
         slot.n_past = keep
         slot.sampler = self._make_sampler(job.sampling)
         slot.job = job
@@ -554,15 +561,21 @@ class Engine:
                 n += 1
         generating = n
         # Prompt chunks fill whatever room the generating sequences left in this step.
-        budget = min(self._prompt_budget(generating), self.n_batch - n)
+        budget = self._prompt_budget(generating)
+        room = self.n_batch - n
         for slot in self._slots:
             if slot.job is None or not slot.pending:
                 continue
-            if budget <= 0:
+            if room <= 0:
                 break
-            chunk = slot.pending[:budget]
-            slot.pending = slot.pending[budget:]
-            budget -= len(chunk)
+            take = min(len(slot.pending) if slot.fresh and len(slot.pending) <= WHOLE_PROMPT else budget, room)
+            if take <= 0:
+                continue
+            slot.fresh = False
+            chunk = slot.pending[:take]
+            slot.pending = slot.pending[take:]
+            budget -= take
+            room -= take
             for i, tok in enumerate(chunk):
                 last = not slot.pending and i == len(chunk) - 1
                 _put(batch, n, tok, slot.n_past, slot.seq, last)
