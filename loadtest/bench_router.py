@@ -425,6 +425,20 @@ class Batch:
         return self.tokens / self.wall_s
 
 
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """CPU affinity for every thread of these processes and of their children (as ``taskset -a``).
+    Applied again before each batch: threads started since (a model load's) get it too."""
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        todo += children(pid)
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+            except (OSError, ValueError):
+                pass  # a thread that ended meanwhile
+
+
 def measure_batch(path: str, index: int, port: int, body: bytes, n: int, tokens: int, meter: CpuMeter,
                   deadline: Deadline) -> Batch:
     before = meter.snapshot()
@@ -1006,8 +1020,9 @@ def build_report(args, meta: dict, batches: list[Batch], wrk_runs: list[WrkRun],
     out.append("## Summary\n")
     out.append("| target (router issue) | measured | verdict |")
     out.append("|---|---|---|")
+    layout = f"pinned {meta['args']['pin']}" if meta.get("args", {}).get("pin") else "shared"
     out.append(f"| 1a. added latency per token, 64 concurrent real streams: p50 ≤ {TARGET_P50_MS:g} ms, "
-               f"p99 ≤ {TARGET_P99_MS:g} ms | p50 **{fmt(added['token'][0], 2)} ms**, "
+               f"p99 ≤ {TARGET_P99_MS:g} ms (CPU layout: {layout}) | p50 **{fmt(added['token'][0], 2)} ms**, "
                f"p99 **{fmt(added['token'][1], 2)} ms** | {v_token} |")
     out.append(f"| 1b. added time to first token, network path only (request in + first token out) | "
                f"p50 **{fmt(added['path'][0], 2)} ms**, p99 **{fmt(added['path'][1], 2)} ms** | {v_path} |")
@@ -1057,6 +1072,18 @@ def build_report(args, meta: dict, batches: list[Batch], wrk_runs: list[WrkRun],
                    f"connected before the first request is written; {args.rounds} batches per path after one "
                    f"short warm-up batch per path (num_predict 4). Client: asyncio ({meta.get('loop', 'asyncio')}) on raw sockets, "
                    f"JSON parsed after the batch.\n")
+        pinned = meta.get("args", {}).get("pin")
+        if pinned:
+            worker_cpus, proxy_cpus = pinned.split(":")
+            out.append(f"**CPU layout: pinned.** The worker (every thread: llama.cpp's and its event loop) on CPU "
+                       f"{worker_cpus}; the router, nginx, Redis, the registry and this client on CPU {proxy_cpus} "
+                       f"(affinity of every thread, set again before each batch). Both paths see the same worker "
+                       f"on the same CPU; the router and nginx have a CPU that the model does not use, as they do "
+                       f"in any deployment where routers and workers are separate machines or pods.\n")
+        else:
+            out.append("**CPU layout: shared.** Every process may run on every CPU: the model (llama.cpp's thread "
+                       "and the worker's event loop), the router, nginx and the client compete for 2 cores, so "
+                       "a relayed line also waits for a CPU (`--pin 0:1` separates them).\n")
         out.append("### Added by nginx + router (cluster − direct, ms)\n")
         out.append("| quantity | p50 added | p99 added | samples per path | verdict |")
         out.append("|---|---:|---:|---:|---|")
@@ -1093,13 +1120,18 @@ def build_report(args, meta: dict, batches: list[Batch], wrk_runs: list[WrkRun],
             cells = [fmt(median([b.cpu.get(role, 0.0) / b.wall_s for b in group]), 2) for role in ROLES_1]
             out.append(f"| {label} | " + " | ".join(cells) + f" | {fmt(median([b.other_cores for b in group]), 2)} |")
         out.append("")
-        per_req = [b.cpu.get("router", 0.0) * 1000 / len(b.streams) for b in c_b]
-        per_tok = [b.cpu.get("router", 0.0) * 1e6 / b.tokens for b in c_b]
+        # The router is idle but not asleep during direct batches (reaper, worker-list reads): that
+        # rate, per second, is taken off the cluster batches so the figures are the relay's own.
+        idle_rate = median([b.cpu.get("router", 0.0) / b.wall_s for b in d_b]) if d_b else 0.0
+        relay = [max(b.cpu.get("router", 0.0) - idle_rate * b.wall_s, 0.0) for b in c_b]
+        per_req = [cpu * 1000 / len(b.streams) for cpu, b in zip(relay, c_b)]
+        per_tok = [cpu * 1e6 / b.tokens for cpu, b in zip(relay, c_b)]
         nginx_tok = [b.cpu.get("nginx", 0.0) * 1e6 / b.tokens for b in c_b]
-        out.append(f"Router CPU per streamed request (whole router process group): {fmt(median(per_req), 2)} ms, "
-                   f"i.e. {fmt(median(per_tok), 0)} µs per relayed token; nginx {fmt(median(nginx_tok), 0)} µs per "
-                   f"token. The worker runs llama.cpp with 1 thread plus its own Python event loop, so it can use "
-                   f"more than one core.\n")
+        out.append(f"Router CPU per streamed request (whole router process group, less its idle rate of "
+                   f"{fmt(idle_rate * 1000, 1)} ms/s seen during the direct batches): {fmt(median(per_req), 2)} ms, "
+                   f"i.e. {fmt(median(per_tok), 0)} µs per relayed token, placing and starting the request "
+                   f"included; nginx {fmt(median(nginx_tok), 0)} µs per token. The worker runs llama.cpp with 1 "
+                   f"thread plus its own Python event loop, so it can use more than one core.\n")
         out.append("### Batches\n")
         out.append("| # | path | wall s | tok/s | TTFT p50 / p99 ms | per-token hop p50 / p99 ms | "
                    "CPU s: worker / router / nginx / client | other processes |")
@@ -1197,6 +1229,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="GGUF for part 1 (and the registry entry of part 2)")
     p.add_argument("--profile-out", type=Path, default=None,
                    help="also write py-spy's raw collapsed stacks here (for flamegraph.pl / speedscope)")
+    p.add_argument("--pin", default="", metavar="WORKER_CPUS:PROXY_CPUS",
+                   help="part 1 only: pin the worker to some CPUs and the router, nginx, Redis, the registry and "
+                        "this client to others, e.g. 0:1 (default: everything shares every CPU)")
     p.add_argument("--report-from", type=Path, default=None,
                    help="measure nothing: rebuild the report from a file written by --json")
     p.add_argument("--keep-tmp", action="store_true", help=argparse.SUPPRESS)  # debugging: keep logs and configs
@@ -1208,6 +1243,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.part_set = {x.strip() for x in args.parts.split(",") if x.strip()}
     if not args.part_set or args.part_set - {"latency", "capacity"}:
         p.error("--parts takes latency, capacity or both")
+    args.pin_cpus = None
+    if args.pin:
+        try:
+            worker_cpus, proxy_cpus = ({int(c) for c in side.split(",")} for side in args.pin.split(":"))
+        except ValueError:
+            p.error("--pin takes WORKER_CPUS:PROXY_CPUS, e.g. 0:1 or 0:1,2,3")
+        if worker_cpus & proxy_cpus or not (worker_cpus | proxy_cpus) <= os.sched_getaffinity(0):
+            p.error("--pin: two disjoint sets of this machine's CPUs")
+        args.pin_cpus = (worker_cpus, proxy_cpus)
     try:
         args.connection_list = [int(c) for c in args.connections.split(",") if c.strip()]
     except ValueError:
@@ -1218,7 +1262,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-_ARG_KEYS = ("streams", "tokens", "rounds", "wrk_seconds", "fake_workers", "profile_connections")
+_ARG_KEYS = ("streams", "tokens", "rounds", "wrk_seconds", "fake_workers", "profile_connections", "pin")
 
 
 def rebuild(args: argparse.Namespace) -> int:
@@ -1365,6 +1409,9 @@ def main(argv: list[str] | None = None) -> int:
                 order += ["direct", "cluster"] if i % 2 == 0 else ["cluster", "direct"]
             counts = Counter()
             for path in order:
+                if args.pin_cpus:
+                    pin([worker.pid], args.pin_cpus[0])
+                    pin([router.pid, nginx.pid, redis.pid, registry.pid, os.getpid()], args.pin_cpus[1])
                 counts[path] += 1
                 phase = f"batch {counts[path]} ({path})"
                 b = measure_batch(path, counts[path], ports[path], payload, args.streams, args.tokens, meter, deadline)
