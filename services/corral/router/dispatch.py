@@ -41,7 +41,7 @@ from corral.cluster.workers import MODELS_GENERATION_HEADER, STATE_READY, Worker
 from corral.router.metrics import RouterMetrics
 from corral.router.placement import plan_load
 from corral.router.settings import RouterSettings
-from corral.router.state import NEVER, ClusterState
+from corral.router.state import NEVER, QUEUE_RENEW_S, ClusterState
 from corral.router.upstream import Reply, Upstream, UpstreamBroken
 from corral.store.gguf import kv_cache_bytes
 from corral.store.names import ModelName, is_valid_name
@@ -271,7 +271,8 @@ class Dispatcher:
         self, client: Downstream, model: str, size: ModelSize, exclude: set[str], keep_alive: float | None,
         affinity: str = "",
     ) -> WorkerInfo:
-        queued = False
+        place: str | None = None  # in the model's queue, once this request waits
+        renewed = 0.0
         waited_since = time.monotonic()
         try:
             while True:
@@ -295,16 +296,20 @@ class Dispatcher:
                     worker = await self._load(model, size, ready, everyone, exclude, keep_alive, replica=resident)
                     if worker is not None:
                         return worker
-                if not queued:
-                    if not await self.state.enqueue(model, self.settings.OLLAMA_MAX_QUEUE):
+                if place is None:
+                    place = await self.state.enqueue(model, self.settings.OLLAMA_MAX_QUEUE)
+                    if place is None:
                         raise ServerBusyError()
-                    queued = True
+                    renewed = time.monotonic()
+                elif time.monotonic() - renewed >= QUEUE_RENEW_S:
+                    await self.state.keep_place(model, place)
+                    renewed = time.monotonic()
                 if client.disconnected:
                     raise RequestCanceledError()
                 await asyncio.sleep(QUEUE_POLL_S)
         finally:
-            if queued:
-                await asyncio.shield(self.state.dequeue(model))
+            if place is not None:
+                await asyncio.shield(self.state.dequeue(model, place))
 
     async def _load(
         self, model: str, size: ModelSize, ready: list[WorkerInfo], everyone: list[WorkerInfo], exclude: set[str],
@@ -412,11 +417,7 @@ class Dispatcher:
         placed: dict[str, int] = {}
         for placement in await self.state.placements([w.id for w in workers]):
             placed[placement.model] = placed.get(placement.model, 0) + 1
-        queues = {}
-        async for key in redis.scan_iter(match="corral:waiting:*", count=500):
-            name = key.decode() if isinstance(key, bytes) else key
-            queues[name.split(":", 2)[2]] = int(await redis.get(key) or 0)
-        return {"workers": by_state, "placed": placed, "queues": queues}
+        return {"workers": by_state, "placed": placed, "queues": await self.state.queue_depths()}
 
     # -- the reaper
 

@@ -7,7 +7,8 @@ Keys (besides the worker registry of ``corral.cluster.workers``):
     corral:slots               ZSET  "<worker> <model> <token>" -> lease expiry (ms): one per running
                                      request, renewed by its router; a lapsed one is given back
     corral:used:<worker>       HASH  model -> last use (ms), for least-recently-used eviction
-    corral:waiting:<model>     STRING  requests queued for the model, cluster-wide
+    corral:queue:<model>       ZSET  one member per request queued for the model, cluster-wide ->
+                                     lease expiry (ms), renewed while it waits: a dead router's lapse
     corral:lock:place          STRING  held while a router decides a load (milliseconds)
     corral:models:generation   STRING  bumped after every model write (create, copy, delete, pull)
 
@@ -56,8 +57,13 @@ def used_key(worker_id: str) -> str:
     return f"{PREFIX}used:{worker_id}"
 
 
-def waiting_key(model: str) -> str:
-    return f"{PREFIX}waiting:{model}"
+QUEUE_PREFIX = PREFIX + "queue:"
+QUEUE_LEASE_MS = 10_000  # a queued request renews its place every QUEUE_RENEW_S
+QUEUE_RENEW_S = 1.0
+
+
+def queue_key(model: str) -> str:
+    return QUEUE_PREFIX + model
 
 
 @dataclass
@@ -150,18 +156,23 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 return 1
 """
 
-# Join the model's cluster-wide queue unless it is full. KEYS: waiting; ARGV: limit.
+# Join the model's cluster-wide queue unless it is full, first dropping places whose lease lapsed
+# (a router died with requests queued: a plain counter would keep them, and the queue would
+# shrink for good). KEYS: queue; ARGV: limit, now, lease ms, place.
 _ENQUEUE = """
-local n = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], 600000)
-if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end
-return n
+local now = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[4])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
 """
 
-_DEQUEUE = """
-local n = redis.call('DECR', KEYS[1])
-if n <= 0 then redis.call('DEL', KEYS[1]) end
-return n
+# Renew a place (put it back if it lapsed meanwhile). KEYS: queue; ARGV: expiry, lease ms, place.
+_KEEP_PLACE = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
 """
 
 # Give back the slots whose lease lapsed (their router died, or lost Redis when it ended them).
@@ -216,7 +227,7 @@ class ClusterState:
         self._release = _HotScript(redis, lane, _RELEASE)
         self._claim = redis.register_script(_CLAIM_UNLOAD)
         self._enqueue = redis.register_script(_ENQUEUE)
-        self._dequeue = redis.register_script(_DEQUEUE)
+        self._keep_place = redis.register_script(_KEEP_PLACE)
         self._unlock = redis.register_script(_UNLOCK)
         self._reap_slots = redis.register_script(_REAP_SLOTS)
         # The slots this router holds, by (worker, model): any one of them is given back at the
@@ -288,11 +299,26 @@ class ClusterState:
 
     # -- queue
 
-    async def enqueue(self, model: str, limit: int) -> bool:
-        return bool(await self._enqueue(keys=[waiting_key(model)], args=[limit]))
+    async def enqueue(self, model: str, limit: int) -> str | None:
+        """A place in the model's queue (renew it with ``keep_place``), or None when the queue is full."""
+        place = _token()
+        joined = await self._enqueue(keys=[queue_key(model)], args=[limit, now_ms(), QUEUE_LEASE_MS, place])
+        return place if joined else None
 
-    async def dequeue(self, model: str) -> None:
-        await self._dequeue(keys=[waiting_key(model)], args=[])
+    async def keep_place(self, model: str, place: str) -> None:
+        await self._keep_place(keys=[queue_key(model)], args=[now_ms() + QUEUE_LEASE_MS, QUEUE_LEASE_MS, place])
+
+    async def dequeue(self, model: str, place: str) -> None:
+        await self.redis.zrem(queue_key(model), place)
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Requests queued per model, cluster-wide (places whose lease lapsed not counted)."""
+        depths = {}
+        now = now_ms()
+        async for key in self.redis.scan_iter(match=QUEUE_PREFIX + "*", count=500):
+            name = key.decode() if isinstance(key, bytes) else key
+            depths[name[len(QUEUE_PREFIX):]] = int(await self.redis.zcount(key, f"({now}", "+inf"))
+        return depths
 
     async def waiting(self, model: str) -> int:
         return int(await self.redis.get(waiting_key(model)) or 0)
