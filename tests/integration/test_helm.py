@@ -78,6 +78,15 @@ def rendered(request) -> tuple[str, list[dict], str]:
     return request.param, objects, notes
 
 
+def test_flash_attention_is_left_to_llama_cpp_unless_set() -> None:
+    objects, _ = render()
+    assert "OLLAMA_FLASH_ATTENTION" not in env_of(_container(one(objects, "Deployment", f"{FULL}-worker-cpu"), "worker"))
+    for value, text in ((True, "true"), (False, "false")):
+        objects, _ = render({"workers": {"flashAttention": value}})
+        worker = _container(one(objects, "Deployment", f"{FULL}-worker-cpu"), "worker")
+        assert env_of(worker)["OLLAMA_FLASH_ATTENTION"]["value"] == text
+
+
 def _workloads(objects: list[dict]) -> list[dict]:
     return [o for o in objects if pod_spec(o) is not None]
 

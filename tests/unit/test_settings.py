@@ -45,6 +45,16 @@ def test_keep_alive_env_syntax(monkeypatch, value, seconds):
     assert WorkerSettings().keep_alive_seconds == seconds
 
 
+@pytest.mark.parametrize(("value", "expected"), [(None, None), ("", None), ("1", True), ("true", True), ("false", False)])
+def test_flash_attention_unset_leaves_it_to_llama_cpp(monkeypatch, value, expected):
+    # Unset or empty (compose's "${OLLAMA_FLASH_ATTENTION:-}") is llama.cpp's auto; a value forces it.
+    if value is None:
+        monkeypatch.delenv("OLLAMA_FLASH_ATTENTION", raising=False)
+    else:
+        monkeypatch.setenv("OLLAMA_FLASH_ATTENTION", value)
+    assert WorkerSettings().OLLAMA_FLASH_ATTENTION is expected
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [("OLLAMA_NUM_PARALLEL", "many"), ("OLLAMA_KEEP_ALIVE", "soon"), ("OLLAMA_HOST", "host:notaport")],

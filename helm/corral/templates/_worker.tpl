@@ -77,8 +77,10 @@ spec:
               value: {{ $w.numParallel | int | quote }}
             - name: OLLAMA_MAX_LOADED_MODELS
               value: {{ $w.maxLoadedModels | int | quote }}
+            {{- if not (kindIs "invalid" $w.flashAttention) }}
             - name: OLLAMA_FLASH_ATTENTION
               value: {{ $w.flashAttention | toString | quote }}
+            {{- end }}
             - name: OLLAMA_KV_CACHE_TYPE
               value: {{ $w.kvCacheType | quote }}
             - name: CORRAL_DRAIN_TIMEOUT

@@ -73,7 +73,7 @@ class LoadOptions:
     use_mmap: bool | None = None
     num_thread: int = 0
     n_parallel: int = 1
-    flash_attention: bool = False
+    flash_attention: bool | None = None  # None: llama.cpp's auto
     kv_cache_type: str = "f16"
 
 
@@ -208,6 +208,7 @@ class LlamaModel:
 
 
 _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
+_FLASH_ATTN = {None: -1, False: 0, True: 1}  # llama_flash_attn_type: auto, disabled, enabled
 
 
 def _context_params(options: LoadOptions, *, n_ctx: int, n_seq: int, threads: int, embeddings: bool):
@@ -228,7 +229,9 @@ def _context_params(options: LoadOptions, *, n_ctx: int, n_seq: int, threads: in
     # streams slow down more during another's prefill. Embeddings pack several sequences
     # into one pool.
     params.kv_unified = embeddings
-    params.flash_attn_type = 1 if options.flash_attention else 0
+    # Auto (llama-server's default) turns it on for the CPU: 8 sequences' decode step 70 -> 59 ms
+    # and one stream 13.7 -> 12.3 ms per token with SmolLM2 on 2 cores.
+    params.flash_attn_type = _FLASH_ATTN[options.flash_attention]
     kv = _KV_TYPES.get(options.kv_cache_type, 1)
     params.type_k = kv
     params.type_v = kv

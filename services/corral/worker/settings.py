@@ -7,6 +7,7 @@ import re
 import secrets
 import socket
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -107,7 +108,9 @@ class WorkerSettings(CommonSettings):
     OLLAMA_CONTEXT_LENGTH: int = Field(0, ge=0, description="default num_ctx; 0 means 4096")
     OLLAMA_LOAD_TIMEOUT: str = Field("5m", description="a load that takes longer fails")
     OLLAMA_NOPRUNE: bool = Field(False, description="keep unreferenced blobs")
-    OLLAMA_FLASH_ATTENTION: bool = False
+    OLLAMA_FLASH_ATTENTION: bool | None = Field(
+        None, description="llama.cpp flash attention; unset: llama.cpp's auto (on where the backend supports it)"
+    )
     OLLAMA_KV_CACHE_TYPE: str = Field("f16", pattern=r"^(f16|q8_0|q4_0)$")
     CORRAL_NUM_THREADS: int = Field(0, ge=0, description="llama.cpp threads; 0 means every usable core (within the cgroup's CPU quota)")
     CORRAL_REGISTRY_URL: str = Field(
@@ -122,6 +125,11 @@ class WorkerSettings(CommonSettings):
     CORRAL_WORKER_LABELS: str = Field("", description="key=value[,key=value...] for placement")
     # CUDA's own variable, read here only to count the memory of the GPUs llama.cpp will see.
     CUDA_VISIBLE_DEVICES: str | None = None
+
+    @field_validator("OLLAMA_FLASH_ATTENTION", mode="before")
+    @classmethod
+    def _auto_when_empty(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip().strip("\"'") else value
 
     @field_validator("OLLAMA_MODELS", mode="after")
     @classmethod
