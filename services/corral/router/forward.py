@@ -100,7 +100,9 @@ async def _watch(receive: Receive, client: Downstream) -> None:
         client.gone()
 
 
-async def _relay(answer: Forwarded, dispatcher: Dispatcher, client: Downstream, send: Send, raw_send: Send | None) -> None:
+async def _relay(
+    answer: Forwarded, dispatcher: Dispatcher, client: Downstream, send: Send, raw_send: Send | None
+) -> None:
     reply = answer.reply
     headers = [(k, v) for k, v in reply.headers if k not in _HOP]
     released = False
