@@ -320,9 +320,6 @@ class ClusterState:
             depths[name[len(QUEUE_PREFIX):]] = int(await self.redis.zcount(key, f"({now}", "+inf"))
         return depths
 
-    async def waiting(self, model: str) -> int:
-        return int(await self.redis.get(waiting_key(model)) or 0)
-
     # -- the model store's generation
 
     async def models_generation(self) -> int:
