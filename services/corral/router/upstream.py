@@ -104,9 +104,15 @@ class Reply:
         if self._sink is not None and self._chunks:
             self._pass_on()
 
-    def _pass_on(self) -> None:
+    def _take(self) -> bytes:
+        """Everything buffered, as one piece."""
         data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks.clear()
+        self._buffered = 0
+        return data
+
+    def _pass_on(self) -> None:
+        data = self._take()
         self._moved = True
         if not self._sink(data) and not self._paused:  # the client is behind: stop reading until it catches up
             self._paused = True
@@ -154,9 +160,7 @@ class Reply:
                 await self._waiter
             finally:
                 self._waiter = None
-        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks.clear()
-        self._buffered = 0
+        data = self._take()
         if self._paused:
             self._paused = False
             self.conn.transport.resume_reading()
