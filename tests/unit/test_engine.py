@@ -104,8 +104,22 @@ def test_a_prompt_that_starts_like_a_cached_sequence_skips_the_shared_prefix(eng
     n = len(engine.model.tokenize(prompt))
     assert done2.cached == n - 1  # all but the last token, which must be decoded for its logits
     assert done3.cached >= n - 1 and done3.prompt_tokens > n
-    # A request that promises repeatable text decodes its whole prompt, cache or not.
-    assert generate(engine, prompt, num_predict=8)[1].cached == 0
+
+
+# Decoding this prompt's last token alone instead of inside the prompt's chunk flips a greedy
+# choice on this machine's CPU kernels (found by search; other CPUs may round alike).
+NEAR_TIE = ("rope quietly in a cold is spoke young quietly said rope young the light harbor a walked on and were to "
+            "moon storm said sea the in keeper on is warm was is was tide walked night light was in and rope tide "
+            "warm fisherman warm sea harbor tide cold on village young the tide is storm sea spoke in walked was "
+            "ship spoke young harbor on was walked is")
+
+
+def test_a_greedy_request_sent_again_reuses_the_cache_and_repeats_its_text(engine):
+    n = len(engine.model.tokenize(NEAR_TIE))
+    first, done1 = generate(engine, NEAR_TIE, num_predict=12)
+    again, done2 = generate(engine, NEAR_TIE, num_predict=12)
+    assert done1.cached == 0 and done2.cached == n - 1
+    assert again == first
 
 
 def test_a_long_prompt_is_decoded_in_chunks_between_running_tokens(engine):
@@ -119,13 +133,15 @@ def test_a_long_prompt_is_decoded_in_chunks_between_running_tokens(engine):
                               num_predict=2))
     first_long = long_events.get(timeout=120)
     # Tokens of the running job that arrived before the long prompt's first token.
-    during = 0
+    during, ended = 0, False
     while not running.empty():
-        during += isinstance(running.get_nowait(), Token)
+        event = running.get_nowait()
+        during += isinstance(event, Token)
+        ended = ended or isinstance(event, Done)
     assert isinstance(first_long, Token)
     assert during >= 4, during  # not one 450-token stall: several steps, each with a running token
-    while not isinstance(running.get(timeout=120), Done):
-        pass
+    while not ended:  # a few tokens per step: the running job may well have ended first
+        ended = isinstance(running.get(timeout=120), Done)
 
 
 def test_one_steps_events_cross_to_the_consumer_in_one_post(engine):
@@ -183,10 +199,11 @@ def test_short_prompts_arriving_together_start_in_the_same_step(engine):
     running: queue.Queue = queue.Queue()
     engine.submit(GenerateJob(prompt=engine.model.tokenize(PROMPT), sampling=Sampling(temperature=0),
                               emit=running.put, post=post, num_predict=60))
-    prompt = engine.model.tokenize("The keeper wrote in his log every evening. " * 5)
+    prompt = engine.model.tokenize("A lighthouse stood on the rocks above the bay. " * 5)  # in no cache yet
     assert 40 < len(prompt) <= 128  # more than a minimum chunk: chunked, they would take several steps
     shorts += [GenerateJob(prompt=prompt, sampling=Sampling(temperature=0), emit=first_token(i), post=post,
                            num_predict=2) for i in range(2)]
     while not isinstance(running.get(timeout=120), Done):
         pass
-    assert first_at == {0: 4, 1: 4}, first_at
+    # Both whole in step 4; greedy, so each prompt's last token goes alone in step 5.
+    assert first_at == {0: 5, 1: 5}, first_at

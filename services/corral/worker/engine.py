@@ -240,10 +240,12 @@ def _context_params(options: LoadOptions, *, n_ctx: int, n_seq: int, threads: in
 
 # While sequences are generating, a step also decodes at most this share of a generating-only
 # step's time worth of prompt tokens: a long prompt then stretches running streams' token gaps
-# by at most ~(1 + share)x instead of stalling them for its whole prefill.
+# by at most ~(1 + share)x instead of stalling them for its whole prefill. On 2 cores a prompt
+# token costs ~10 ms and 4 streams' step ~35 ms, so this is a few tokens a step: the long
+# prompt's first token comes later, the running streams keep their pace.
 PREFILL_SHARE = 0.6
-MIN_PREFILL_CHUNK = 8  # tokens; a prompt always advances
-FIRST_PREFILL_CHUNK = 32  # before the engine has timed a step
+MIN_PREFILL_CHUNK = 1  # tokens; a prompt always advances
+FIRST_PREFILL_CHUNK = 4  # before the engine has timed a step like this one
 # A prompt this short that has not begun goes into one step whole, whatever the budget: it
 # lengthens one step, and its sequence starts generating at once. Chunking it would make a burst
 # of chat turns wait for each other (64 prompts of 15 tokens: 19 s to the first token of the
@@ -269,6 +271,7 @@ class _Slot:
         self.prompt_done_at = 0.0
         self.reused = 0  # prompt tokens the current job took from the cache
         self.fresh = False  # its prompt has not begun decoding
+        self.last_alone = False  # the prompt's last token goes in a step of its own
 
 
 class Engine:
@@ -291,8 +294,11 @@ class Engine:
         self._embed_ctx = None
         self._slots = [_Slot(i) for i in range(self.n_parallel)]
         self._eog: dict[int, bool] = {}
-        # Step timings (EMA, seconds) that size prompt chunks while other sequences generate.
-        self._decode_step_s = 0.0
+        # Step timings (EMA, seconds) that size prompt chunks while other sequences generate:
+        # a generating-only step by how many sequences it carries, and what each prompt token
+        # added to such a step (a chunk costs more than its share of a prompt-only step: llama.cpp
+        # decodes it in a micro-batch of its own).
+        self._decode_step_s: dict[int, float] = {}
         self._prompt_token_s = 0.0
         # Events of the current step, delivered together at its end (see GenerateJob.post).
         self._outbox: list[tuple[GenerateJob, Event]] = []
@@ -418,19 +424,21 @@ class Engine:
     def _start(self, slot: _Slot, job: GenerateJob) -> None:
         prompt = self._fit_prompt(job)
         # Reuse the cached prefix (llama-server's cache_prompt), but always decode at least
-        # one token to get logits. Not for requests that promise repeatable text (a seed, or
-        # greedy): the rest of the prompt then runs in a batch of another shape, and llama.cpp's
-        # CPU matmuls round differently by batch shape, which flips near-ties (measured: a
-        # greedy chat answer changed after a similar prompt had been cached).
+        # one token to get logits.
         keep = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
-        if job.sampling.seed >= 0 or job.sampling.temperature <= 0:
-            keep = 0
         if not lc.llama_memory_seq_rm(self.mem, slot.seq, keep, -1):
             keep = 0
             lc.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
         slot.cached = prompt[:keep]
         slot.pending = prompt[keep:]
         slot.fresh = True
+        # llama.cpp's CPU kernels round the last prompt token's logits differently when it is
+        # decoded alone than inside a chunk (measured: up to 0.8 apart, enough to flip a greedy
+        # choice). A request that promises repeatable text (greedy, or a seed) therefore always
+        # decodes that token in a step of its own: sent again, it reuses everything before it from
+        # the cache and gets the very same logits. (Reusing part of a prompt, as a chat's next
+        # turn does, can still round differently from a cold start, as in llama-server.)
+        slot.last_alone = job.sampling.seed >= 0 or job.sampling.temperature <= 0
         slot.n_past = keep
         slot.sampler = self._make_sampler(job.sampling)
         slot.job = job
@@ -538,9 +546,10 @@ class Engine:
         else about PREFILL_SHARE of a generating step's time."""
         if not generating:
             return self.n_batch
-        if self._decode_step_s <= 0 or self._prompt_token_s <= 0:
+        step_s = self._decode_step_s.get(generating, 0.0)
+        if step_s <= 0 or self._prompt_token_s <= 0:
             return FIRST_PREFILL_CHUNK
-        return max(MIN_PREFILL_CHUNK, int(PREFILL_SHARE * self._decode_step_s / self._prompt_token_s))
+        return max(MIN_PREFILL_CHUNK, int(PREFILL_SHARE * step_s / self._prompt_token_s))
 
     def _step(self) -> None:
         batch = self.batch
@@ -571,7 +580,10 @@ class Engine:
                 continue
             if room <= 0:
                 break
-            take = min(len(slot.pending) if slot.fresh and len(slot.pending) <= WHOLE_PROMPT else budget, room)
+            ready = len(slot.pending) - 1 if slot.last_alone and len(slot.pending) > 1 else len(slot.pending)
+            # A short prompt not yet begun, or a last token held back to go alone, goes whole.
+            whole = (slot.fresh and ready <= WHOLE_PROMPT) or (slot.last_alone and ready == 1)
+            take = min(ready if whole else budget, ready, room)
             if take <= 0:
                 continue
             slot.fresh = False
@@ -621,14 +633,15 @@ class Engine:
                 self._finish(slot, self._done_event(slot, "length", last=token))
 
     def _time_step(self, generating: int, prompt: int, elapsed: float) -> None:
-        """Learn what a generating step and a prompt token cost (exponential averages)."""
+        """Learn what a generating step and a prompt token in it cost (exponential averages)."""
+        if not generating:
+            return
         if prompt == 0:
-            self._decode_step_s = _ema(self._decode_step_s, elapsed)
-        elif generating == 0:
-            self._prompt_token_s = _ema(self._prompt_token_s, elapsed / prompt)
-        elif self._decode_step_s > 0:
-            extra = max(elapsed - self._decode_step_s, 0.0)
-            self._prompt_token_s = _ema(self._prompt_token_s, extra / prompt)
+            self._decode_step_s[generating] = _ema(self._decode_step_s.get(generating, 0.0), elapsed)
+            return
+        step_s = self._decode_step_s.get(generating, 0.0)
+        if step_s > 0:
+            self._prompt_token_s = _ema(self._prompt_token_s, max(elapsed - step_s, 0.0) / prompt)
 
     def _is_eog(self, token: int) -> bool:
         # Cached: one ctypes call per distinct token instead of one per generated token.
