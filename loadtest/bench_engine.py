@@ -10,8 +10,9 @@ llama-cpp-python sdist the worker runs (same llama.cpp, same compiler flags: Rel
 GGML_NATIVE), under ``~/.cache/corral/llama-server-<version>/``, never inside the repository.
 
 Both sides: the same GGUF, 2 threads, greedy sampling, the same raw prompt, 8 sequences
-(``--parallel 8`` / ``OLLAMA_NUM_PARALLEL=8``), run one after the other so they never share
-the CPU. The four targets of the engine issue:
+(``--parallel 8`` / ``OLLAMA_NUM_PARALLEL=8``). Both servers are up together but never busy
+at once: each repeat of each measurement runs on one, then on the other, so the machine's slow
+spells hit both alike. The four targets of the engine issue:
 
 1. one stream: worker decode rate ≥ 0.97× llama-server's;
 2. 2, 4, 8 concurrent streams: worker aggregate ≥ 1.0× llama-server's at the same count;
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -122,9 +124,7 @@ PROMPT = (
     "named Thomas. Every night he"
 )
 LONG_PROMPT_TOKENS = 1500
-# The chat turns sample at Ollama's default temperature, unseeded: the worker reuses a cached
-# prefix only for such requests (greedy and seeded ones decode their whole prompt so that their
-# text never depends on what happens to be cached).
+# The chat turns sample at Ollama's default temperature, unseeded, as a chat app's would.
 CHAT_TEMPERATURE = 0.8
 TARGET_SINGLE = 0.97
 TARGET_AGGREGATE = 1.0
@@ -172,6 +172,7 @@ class Side:
     """How to ask one server for a greedy completion; subclasses speak its API."""
 
     name = "?"
+    key = "?"  # its results' key
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -198,6 +199,7 @@ async def _lines(client, path: str, body: dict):
 
 class WorkerSide(Side):
     name = "Corral worker"
+    key = "worker"
 
     async def complete(self, client, prompt: str, tokens: int) -> Stream:
         body = {"model": MODEL_NAME, "prompt": prompt, "raw": True, "stream": True,
@@ -232,6 +234,7 @@ class WorkerSide(Side):
 
 class LlamaServerSide(Side):
     name = "llama-server"
+    key = "llama-server"
 
     async def complete(self, client, prompt: str, tokens: int) -> Stream:
         body = {"prompt": prompt, "n_predict": tokens, "temperature": 0, "stream": True, "cache_prompt": True}
@@ -286,77 +289,92 @@ async def concurrent(side: Side, client, prompts: list[str], tokens: int) -> tup
     return time.perf_counter() - t0, list(streams)
 
 
-async def measure(side: Side, args, problems: list[str], results: dict) -> None:
-    """Fills ``results`` as it goes: a run cut short keeps what it measured."""
+async def measure(sides: list[Side], args, problems: list[str], results: dict) -> None:
+    """Every repeat of every measurement runs on each side in turn, so a slow spell of the
+    machine (this VM's speed drifts by ±15% over minutes) hits both sides alike. Fills
+    ``results[side.key]`` as it goes: a run cut short keeps what it measured."""
     import httpx
 
     n = args.tokens
 
-    def check(streams: list[Stream], what: str) -> None:
+    def check(side: Side, streams: list[Stream], what: str) -> None:
         for s in streams:
             if s.generated != n:
                 problems.append(f"{side.name}, {what}: generated {s.generated} != {n} ({s.finish})")
 
+    async def in_turns(record, run) -> None:
+        """``run(side, client, i)`` for i in range(repeats), alternating sides; ``record(side)`` is
+        the list each result goes to."""
+        for i in range(args.repeats):
+            for side in sides:
+                record(side).append(await run(side, clients[side.key], i))
+
+    async def single(side: Side, client, _i: int) -> dict:
+        _, (s,) = await concurrent(side, client, [PROMPT], n)
+        check(side, [s], "single stream")
+        return {"decode_tps": s.decode_tps, "ttft_s": s.ttft_s}
+
+    def streams_of(level: int):
+        async def run(side: Side, client, _i: int) -> dict:
+            wall, streams = await concurrent(side, client, [PROMPT] * level, n)
+            check(side, streams, f"{level} streams")
+            return {"aggregate_tps": sum(s.generated for s in streams) / wall,
+                    "p50_ttft_s": median([s.ttft_s for s in streams])}
+        return run
+
+    async def turns(side: Side, client, i: int) -> dict:
+        # Second turn of a chat: a long system prompt (distinct per repeat, so turn 1 is cold),
+        # then the same conversation plus the reply and a new question.
+        system = "You are a helpful assistant. Background: " + filler(600, seed=1000 * i + len(side.name))
+        messages = [{"role": "system", "content": system},
+                    {"role": "user", "content": "Tell me about the lighthouse keeper."}]
+        first, reply = await asyncio.wait_for(side.chat(client, messages, 32), REQUEST_TIMEOUT_S)
+        messages += [{"role": "assistant", "content": reply},
+                     {"role": "user", "content": "And what did he see at night?"}]
+        second, _ = await asyncio.wait_for(side.chat(client, messages, 32), REQUEST_TIMEOUT_S)
+        return {"first_ttft_s": first.ttft_s, "second_ttft_s": second.ttft_s}
+
+    async def long_prompt(side: Side, client, i: int) -> dict:
+        # A 1,500-token prompt arriving while 4 streams decode.
+        _, quiet = await concurrent(side, client, [PROMPT] * 4, 2 * n)
+        base_gaps = [g for s in quiet for g in s.gaps()]
+
+        async def long_one(delay: float) -> Stream:
+            await asyncio.sleep(delay)
+            return await side.complete(client, f"{i} {args.long_prompt}", 4)
+
+        t0 = time.perf_counter()
+        try:
+            *streams, long = await asyncio.wait_for(asyncio.gather(
+                *(side.complete(client, PROMPT, 2 * n) for _ in range(4)), long_one(0.6)), BATCH_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise OutOfTime(f"the long-prompt run on {side.name} ran past {BATCH_TIMEOUT_S:.0f} s") from None
+        # The window: from the long request being sent to its first token (its prefill); a
+        # stream that stalls through it shows one long gap.
+        window = [g for s in streams for g in s.gaps(long.sent, long.times[0] if long.times else t0)]
+        return {
+            "base_p50_gap_s": median(base_gaps), "base_p95_gap_s": quantile(base_gaps, 0.95),
+            "during_p50_gap_s": median(window), "during_p95_gap_s": quantile(window, 0.95),
+            "during_max_gap_s": max(window, default=float("nan")), "gaps_in_window": len(window),
+            "long_ttft_s": long.ttft_s, "long_prompt_tokens_approx": LONG_PROMPT_TOKENS,
+        }
+
     # A fresh connection per request on both sides: llama-server's HTTP library closes a
     # keep-alive connection after a few requests, which races with the client reusing it.
     limits = httpx.Limits(max_connections=4 * N_PARALLEL, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=side.url, timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=5.0),
-                                 limits=limits) as client:
-        _, warm = await concurrent(side, client, [PROMPT] * N_PARALLEL, n)  # loads, warms every slot
-        check(warm, "warm-up")
-        results["single"] = []
-        for _ in range(args.repeats):
-            _, (s,) = await concurrent(side, client, [PROMPT], n)
-            check([s], "single stream")
-            results["single"].append({"decode_tps": s.decode_tps, "ttft_s": s.ttft_s})
-        results["levels"] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {side.key: await stack.enter_async_context(httpx.AsyncClient(
+            base_url=side.url, timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=5.0), limits=limits))
+            for side in sides}
+        for side in sides:
+            _, warm = await concurrent(side, clients[side.key], [PROMPT] * N_PARALLEL, n)  # loads, warms every slot
+            check(side, warm, "warm-up")
+        await in_turns(lambda side: results[side.key].setdefault("single", []), single)
         for level in LEVELS:
-            runs = results["levels"].setdefault(level, [])
-            for _ in range(args.repeats):
-                wall, streams = await concurrent(side, client, [PROMPT] * level, n)
-                check(streams, f"{level} streams")
-                runs.append({"aggregate_tps": sum(s.generated for s in streams) / wall,
-                             "p50_ttft_s": median([s.ttft_s for s in streams])})
-
-        # Second turn of a chat: a long system prompt (distinct per repeat, so turn 1 is cold),
-        # then the same conversation plus the reply and a new question.
-        results["turns"] = []
-        for i in range(args.repeats):
-            system = "You are a helpful assistant. Background: " + filler(600, seed=1000 * i + len(side.name))
-            messages = [{"role": "system", "content": system},
-                        {"role": "user", "content": "Tell me about the lighthouse keeper."}]
-            first, reply = await asyncio.wait_for(side.chat(client, messages, 32), REQUEST_TIMEOUT_S)
-            messages += [{"role": "assistant", "content": reply},
-                         {"role": "user", "content": "And what did he see at night?"}]
-            second, _ = await asyncio.wait_for(side.chat(client, messages, 32), REQUEST_TIMEOUT_S)
-            results["turns"].append({"first_ttft_s": first.ttft_s, "second_ttft_s": second.ttft_s})
-
-        # A 1,500-token prompt arriving while 4 streams decode.
-        long_prompt = args.long_prompt
-        results["long"] = []
-        for i in range(args.repeats):
-            _, quiet = await concurrent(side, client, [PROMPT] * 4, 2 * n)
-            base_gaps = [g for s in quiet for g in s.gaps()]
-
-            async def long_one(delay: float) -> Stream:
-                await asyncio.sleep(delay)
-                return await side.complete(client, f"{i} {long_prompt}", 4)
-
-            t0 = time.perf_counter()
-            try:
-                *streams, long = await asyncio.wait_for(asyncio.gather(
-                    *(side.complete(client, PROMPT, 2 * n) for _ in range(4)), long_one(0.6)), BATCH_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                raise OutOfTime(f"the long-prompt run on {side.name} ran past {BATCH_TIMEOUT_S:.0f} s") from None
-            # The window: from the long request being sent to its first token (its prefill); a
-            # stream that stalls through it shows one long gap.
-            window = [g for s in streams for g in s.gaps(long.sent, long.times[0] if long.times else t0)]
-            results["long"].append({
-                "base_p50_gap_s": median(base_gaps), "base_p95_gap_s": quantile(base_gaps, 0.95),
-                "during_p50_gap_s": median(window), "during_p95_gap_s": quantile(window, 0.95),
-                "during_max_gap_s": max(window, default=float("nan")), "gaps_in_window": len(window),
-                "long_ttft_s": long.ttft_s, "long_prompt_tokens_approx": LONG_PROMPT_TOKENS,
-            })
+            await in_turns(lambda side: results[side.key].setdefault("levels", {}).setdefault(level, []),
+                           streams_of(level))
+        await in_turns(lambda side: results[side.key].setdefault("turns", []), turns)
+        await in_turns(lambda side: results[side.key].setdefault("long", []), long_prompt)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -405,7 +423,8 @@ def build_report(args, meta: dict, build: dict, res: dict, problems: list[str]) 
                f"llama.cpp ({', '.join(build.get('flags', []))}) in {build.get('build_s', float('nan')) / 60:.1f} min "
                f"(load during the build {build.get('load_during_build', '?')})")
     out.append(f"- Worker: `corral worker`, OLLAMA_NUM_PARALLEL={N_PARALLEL}, CORRAL_NUM_THREADS={THREADS}, "
-               f"num_ctx {NUM_CTX}{meta.get('worker_extra', '')}; the two servers ran one after the other")
+               f"num_ctx {NUM_CTX}{meta.get('worker_extra', '')}, OLLAMA_KEEP_ALIVE=1h; both servers up together, "
+               f"measured in turns: each repeat of each measurement on llama-server, then on the worker")
     out.append(f"- Total time: {meta.get('total_s', float('nan')):.0f} s\n")
 
     out.append("## Targets\n")
@@ -540,34 +559,38 @@ def main(argv: list[str] | None = None) -> int:
     problems: list[str] = []
     results: dict = {}
 
-    def run_side(label: str, service, side, prepare=lambda: None) -> None:
-        """Wait for one server, (prepare it,) measure it; its log tail on any failure; stop it."""
-        try:
-            service.wait_ready(deadline)
-            prepare()
-            asyncio.run(asyncio.wait_for(measure(side, args, problems, results.setdefault(label, {})),
-                                         deadline.left(args.max_seconds)))
-        except BaseException:
-            print(f"[bench] {label} log tail:\n{service.log_tail()}", file=sys.stderr)
-            raise
-        finally:
-            service.stop()
-
     try:
-        with tempfile.TemporaryDirectory(prefix="corral-bench-engine-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="corral-bench-engine-") as tmp, contextlib.ExitStack() as up:
+            # Both servers are up together and measured in turns; the idle one only waits.
+            note("before starting the servers")
+            services, sides = [], []
             if args.only != "worker":
-                note("before llama-server")
-                print("[bench] llama-server ...", flush=True)
                 server = LlamaServer(binary, args.model, Path(tmp))
+                up.callback(server.stop)
                 meta["server_command"] = server.command
-                run_side("llama-server", server, LlamaServerSide(server.url))
+                services.append(server)
+                sides.append(LlamaServerSide(server.url))
             if args.only != "llama-server":
-                note("before the worker")
-                print("[bench] corral worker ...", flush=True)
+                # Keep-alive long enough that the model stays loaded through llama-server's turns.
                 worker = Worker(Path(tmp), {"OLLAMA_NUM_PARALLEL": str(N_PARALLEL), "CORRAL_NUM_THREADS": str(THREADS),
-                                            "OLLAMA_CONTEXT_LENGTH": str(NUM_CTX), **extra})
-                run_side("worker", worker, WorkerSide(worker.url),
-                         prepare=lambda: import_model(worker.url, args.model, sha256_of(args.model)))
+                                            "OLLAMA_CONTEXT_LENGTH": str(NUM_CTX), "OLLAMA_KEEP_ALIVE": "1h", **extra})
+                up.callback(worker.stop)
+                services.append(worker)
+                sides.append(WorkerSide(worker.url))
+            try:
+                for service in services:
+                    service.wait_ready(deadline)
+                if args.only != "llama-server":
+                    import_model(worker.url, args.model, sha256_of(args.model))
+                note("before measuring")
+                print(f"[bench] measuring {' and '.join(side.name for side in sides)} in turns ...", flush=True)
+                asyncio.run(asyncio.wait_for(
+                    measure(sides, args, problems, {side.key: results.setdefault(side.key, {}) for side in sides}),
+                    deadline.left(args.max_seconds)))
+            except BaseException:
+                for service in services:
+                    print(f"[bench] {service.name} log tail:\n{service.log_tail()}", file=sys.stderr)
+                raise
     except (OutOfTime, asyncio.TimeoutError) as exc:
         meta["incomplete"] = f"gave up after {time.perf_counter() - t_start:.0f} s: {exc or 'out of time'}"
         print(f"[bench] {meta['incomplete']}", file=sys.stderr)

@@ -120,11 +120,8 @@ def direct_child(model: Path, tokens: int, repeats: int) -> dict:
     load_s = time.perf_counter() - t0
 
     def one() -> dict:
-        # Forget the previous run's tokens: llama-cpp-python would otherwise reuse the cached
-        # prompt and decode only its last token, while the worker decodes the whole prompt for
-        # greedy requests (it skips prefix reuse when the text must be repeatable). This only
-        # changes time to first token, not the decode rate.
-        llm.reset()
+        # No llm.reset(): both sides reuse the repeated prompt from their KV cache (llama-cpp-python
+        # re-decodes only its last token, as the worker does), so time to first token compares too.
         start = time.perf_counter()
         first = last = None
         finish = None
