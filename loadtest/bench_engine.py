@@ -126,6 +126,9 @@ PROMPT = (
 LONG_PROMPT_TOKENS = 1500
 # The chat turns sample at Ollama's default temperature, unseeded, as a chat app's would.
 CHAT_TEMPERATURE = 0.8
+# One stream is cheap to measure (~2 s) and its target narrow (3%) next to this VM's run-to-run
+# swings (±15%): it gets this many times the repeats of the other measurements.
+SINGLE_REPEATS = 3
 TARGET_SINGLE = 0.97
 TARGET_AGGREGATE = 1.0
 TARGET_SECOND_TURN = 0.3
@@ -302,10 +305,10 @@ async def measure(sides: list[Side], args, problems: list[str], results: dict) -
             if s.generated != n:
                 problems.append(f"{side.name}, {what}: generated {s.generated} != {n} ({s.finish})")
 
-    async def in_turns(record, run) -> None:
+    async def in_turns(record, run, repeats: int = args.repeats) -> None:
         """``run(side, client, i)`` for i in range(repeats), alternating sides; ``record(side)`` is
         the list each result goes to."""
-        for i in range(args.repeats):
+        for i in range(repeats):
             for side in sides:
                 record(side).append(await run(side, clients[side.key], i))
 
@@ -369,7 +372,8 @@ async def measure(sides: list[Side], args, problems: list[str], results: dict) -
         for side in sides:
             _, warm = await concurrent(side, clients[side.key], [PROMPT] * N_PARALLEL, n)  # loads, warms every slot
             check(side, warm, "warm-up")
-        await in_turns(lambda side: results[side.key].setdefault("single", []), single)
+        await in_turns(lambda side: results[side.key].setdefault("single", []), single,
+                       SINGLE_REPEATS * args.repeats)
         for level in LEVELS:
             await in_turns(lambda side: results[side.key].setdefault("levels", {}).setdefault(level, []),
                            streams_of(level))
@@ -417,7 +421,8 @@ def build_report(args, meta: dict, build: dict, res: dict, problems: list[str]) 
                f"CPU pressure (PSI some avg10) at phase starts: {', '.join(meta.get('psi', [])) or 'n/a'}")
     out.append(f"- Model: `{meta['model']}`; greedy; N = {args.tokens} tokens per request; raw prompt "
                f"{meta.get('prompt_tokens', '?')} tokens; {THREADS} threads both sides; {N_PARALLEL} sequences of "
-               f"{NUM_CTX} positions; each measurement {args.repeats}× after a warm-up of {N_PARALLEL} streams, median")
+               f"{NUM_CTX} positions; each measurement {args.repeats}× (one stream {SINGLE_REPEATS * args.repeats}×) after a "
+               f"warm-up of {N_PARALLEL} streams, median")
     out.append(f"- llama-server: `{meta.get('server_command', '?')}` (defaults otherwise: flash attention auto, "
                f"per-slot KV, `cache_prompt`), built from llama-cpp-python {build.get('version')}'s vendored "
                f"llama.cpp ({', '.join(build.get('flags', []))}) in {build.get('build_s', float('nan')) / 60:.1f} min "
