@@ -41,13 +41,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402  (loadtest/harness.py: what the load tests share)
     ROOT,
-    CpuMeter,
     Deadline,
     OutOfTime,
     Service,
     Worker,
     banners,
-    cpu_pressure,
+    busy_reason,
     exit_on_sigterm,
     exit_status,
     fmt,
@@ -418,7 +417,7 @@ def build_report(args, meta: dict, build: dict, res: dict, problems: list[str]) 
     ))
     out.append(f"- Date: {meta['date']}; {meta['nproc']} CPUs, {meta['cpu']}, {meta['mem']}; {meta['os']}")
     out.append(f"- Load average (1/5/15 min): {meta['load_start']} at start, {meta.get('load_end', 'n/a')} at end; "
-               f"CPU pressure (PSI some avg10) at phase starts: {', '.join(meta.get('psi', [])) or 'n/a'}")
+               f"CPU pressure (PSI some avg10) at start, before measuring, at end: {', '.join(meta.get('psi', [])) or 'n/a'}")
     out.append(f"- Model: `{meta['model']}`; greedy; N = {args.tokens} tokens per request; raw prompt "
                f"{meta.get('prompt_tokens', '?')} tokens; {THREADS} threads both sides; {N_PARALLEL} sequences of "
                f"{NUM_CTX} positions; each measurement {args.repeats}× (one stream {SINGLE_REPEATS * args.repeats}×) after a "
@@ -548,18 +547,11 @@ def main(argv: list[str] | None = None) -> int:
         meta["worker_extra"] = ", " + ", ".join(f"{k}={v}" for k, v in extra.items())
 
     def note(when: str) -> None:
-        # What other processes use right now, over a second. (Not the load average: a minute after
-        # this benchmark's own llama-server phase it still reads ~2 on an otherwise idle machine.)
-        meter = CpuMeter()
-        before = meter.snapshot()
-        time.sleep(1.0)
-        used = meter.since(before)
-        psi = cpu_pressure()
+        reason, psi = busy_reason()
         meta["psi"].append(f"{psi:.0f}%" if psi is not None else "n/a")
-        if used.other_cores > 0.10 or (psi or 0) > 10:
-            meta["busy"].append(f"{when}: other processes used {used.other_cores:.2f} cores ({used.top_others()}), "
-                                f"CPU pressure {psi}%")
-            print(f"[bench] WARNING busy {when}: {meta['busy'][-1]}", flush=True)
+        if reason:
+            meta["busy"].append(f"{when}: {reason}")
+            print(f"[bench] WARNING busy {when}: {reason}", flush=True)
 
     problems: list[str] = []
     results: dict = {}

@@ -41,6 +41,7 @@ from harness import (  # noqa: E402  (loadtest/harness.py: what the load tests s
     Worker,
     banners,
     best,
+    busy_reason,
     cpu_pressure,
     exit_on_sigterm,
     exit_status,
@@ -83,21 +84,6 @@ def decode_rate(n_tokens: int, t_first: float, t_last: float) -> float:
     """Tokens/s between the first and the last token: N tokens are N-1 decode intervals."""
     span = t_last - t_first
     return (n_tokens - 1) / span if n_tokens > 1 and span > 0 else float("nan")
-
-
-def busy_reason() -> str | None:
-    """Why the machine looks too busy for clean numbers, or None."""
-    reasons = []
-    try:
-        load1 = os.getloadavg()[0]
-        if load1 > 0.5:
-            reasons.append(f"1-min load average {load1:.2f}")
-    except OSError:
-        pass
-    psi = cpu_pressure()
-    if psi is not None and psi > 10:
-        reasons.append(f"CPU pressure {psi:.0f}% (PSI some avg10)")
-    return ", ".join(reasons) or None
 
 
 def sha256_of(path: Path) -> str:
@@ -435,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def note_busy(when: str) -> None:
-        reason = busy_reason()
+        reason, _ = busy_reason()
         if reason:
             meta["busy"].append(f"{when}: {reason}")
             print(f"[bench] WARNING machine busy {when} ({reason}): numbers will be noisy", flush=True)
