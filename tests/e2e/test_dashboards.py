@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster
+from tests.cluster import Cluster, wait_for
 from tests.conftest import MODEL_NAME
 from tests.e2e import dashboards
 from tests.e2e.load import short_load
@@ -32,6 +32,13 @@ def test_every_dashboard_query_returns_data_after_a_short_load(tmp_path: Path, g
         }
         assert len(jobs["router"]) == 2 and len(jobs["worker"]) == 2, jobs
         with dashboards.Prometheus(tmp_path / "prometheus", jobs) as prometheus:
+            # Every target scraped once before the load. Prometheus needs a few seconds on 2 busy
+            # cores before its first scrape, and the load can be over by then: a counter first
+            # seen at its final value shows no increase to rate().
+            targets = len(jobs["router"]) + len(jobs["worker"])
+            wait_for("Prometheus to scrape every target", lambda: [
+                t["health"] for t in dashboards.targets(prometheus.url)].count("up") == targets,
+                timeout=60, interval=0.5)
             short_load(cluster.endpoint, MODEL_NAME)
             problems = dashboards.check_all(prometheus.url, RATE_WINDOW, DATA_TIMEOUT_S)
             down = [t["scrapeUrl"] for t in dashboards.targets(prometheus.url) if t["health"] != "up"]
