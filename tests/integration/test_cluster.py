@@ -524,9 +524,12 @@ def test_worker_killed_under_load(tmp_path, gguf_path: Path, gguf_digest: str):
         assert [w["id"] for w in c.workers()] == [survivor]
         generate(c, "k1", 4)
         assert c.ps() == {"k1:latest": [survivor]}
-        after = c.metrics()
+        # The worker leaves the listings as soon as its lease lapses; a router's reaper (every
+        # second) then drops it with its placements and counts them.
+        after = wait_for("a reaper to count the dead worker's placement", lambda: (
+            m if (m := c.metrics()).value("corral_router_evictions_total", reason="worker_lost") >= 1 else None),
+            timeout=10, interval=0.5)
         assert after.value("corral_router_retries_total") > before.value("corral_router_retries_total")
-        assert after.value("corral_router_evictions_total", reason="worker_lost") >= 1
         assert after.value("corral_router_workers", state="ready") == 2  # one worker, as each router sees it
 
 
