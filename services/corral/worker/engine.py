@@ -582,7 +582,7 @@ class Engine:
                 break
             ready = len(slot.pending) - 1 if slot.last_alone and len(slot.pending) > 1 else len(slot.pending)
             # A short prompt not yet begun, or a last token held back to go alone, goes whole.
-            whole = (slot.fresh and ready <= WHOLE_PROMPT) or (slot.last_alone and ready == 1)
+            whole = (slot.fresh and ready <= WHOLE_PROMPT) or (slot.last_alone and len(slot.pending) == 1)
             take = min(ready if whole else budget, ready, room)
             if take <= 0:
                 continue
