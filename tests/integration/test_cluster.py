@@ -764,8 +764,8 @@ def test_redis_restarted_under_load(redis_outage: RedisOutage):
     assert [w["id"] for w in c.workers()] == ["worker-1", "worker-2"]
     assert all(w["state"] == "ready" for w in c.workers())
     for worker in ("worker-1", "worker-2"):
-        # The heartbeat retries every 2 s: a worker may log its return a moment after the
-        # routers already see it (Redis can come back with the registrations it had saved).
+        # A worker logs its return only after its heartbeat's write has landed: the routers
+        # can see it registered a moment before the line is in its log.
         wait_for(f"{worker} to log that Redis is back", lambda: "Redis reachable again: " + worker in c.log(worker),
                  timeout=15, interval=0.2)
     assert o.others <= {p.pid for p in c.processes() if p.alive}
