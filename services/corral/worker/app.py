@@ -38,7 +38,18 @@ logger = logging.getLogger(__name__)
 _GGUF_CACHE_SIZE = 32  # parsed GGUF headers kept; one per distinct model blob
 
 
-def make_loader(settings: WorkerSettings, inspector: ModelInspector, metrics: WorkerMetrics):
+def vram_bytes(size: int, num_gpu: int, n_layer: int) -> int:
+    """The part of a loaded model's ``size`` that ``/api/ps`` reports as ``size_vram`` on a GPU
+    worker: all of it when every layer is offloaded (``num_gpu`` < 0, Ollama's "as many as
+    fit", which llama.cpp turns into all), else the offloaded share of the n_layer blocks plus
+    the output layer, as llama.cpp counts ``n_gpu_layers``."""
+    layers = n_layer + 1
+    if num_gpu < 0 or num_gpu >= layers:
+        return size
+    return size * num_gpu // layers
+
+
+def make_loader(settings: WorkerSettings, inspector: ModelInspector, metrics: WorkerMetrics, *, gpu: bool):
     async def load(record: Any, options: LoadOptions) -> Loaded:
         def build() -> Loaded:
             started = time.perf_counter()
@@ -50,7 +61,9 @@ def make_loader(settings: WorkerSettings, inspector: ModelInspector, metrics: Wo
                 raise
             metrics.load_seconds.observe(time.perf_counter() - started)
             size = inspector.memory_estimate(record, num_ctx=options.num_ctx, n_parallel=options.n_parallel)
-            return Loaded(engine=engine, size=size, context_length=options.num_ctx, close=engine.close)
+            vram = vram_bytes(size, options.num_gpu, llama.n_layer) if gpu else 0
+            return Loaded(engine=engine, size=size, context_length=options.num_ctx, close=engine.close,
+                          extra={"size_vram": vram})
 
         return await asyncio.to_thread(build)
 
@@ -102,8 +115,9 @@ def create_app(settings: WorkerSettings) -> FastAPI:
     SIGTERM; the lifespan owns it and deregisters at the end."""
     metrics = WorkerMetrics()
     registration = Registration(settings) if settings.REDIS_URL else None
-    # The memory offered for models, as the cluster is told (detected once).
-    memory = registration.info.memory_total if registration else device_and_memory(settings)[1]
+    # The device and the memory offered for models, as the cluster is told (detected once).
+    device, memory = (registration.info.device, registration.info.memory_total) if registration \
+        else device_and_memory(settings)
     metrics.memory_bytes.set(memory)
 
     @asynccontextmanager
@@ -117,7 +131,7 @@ def create_app(settings: WorkerSettings) -> FastAPI:
             noprune=settings.OLLAMA_NOPRUNE or bool(settings.CORRAL_REGISTRY_URL),
         )
         scheduler = Scheduler(
-            loader=make_loader(settings, inspector, metrics),
+            loader=make_loader(settings, inspector, metrics, gpu=device == "cuda"),
             num_parallel=settings.OLLAMA_NUM_PARALLEL,
             max_loaded=settings.max_loaded_models,
             max_queue=settings.OLLAMA_MAX_QUEUE,

@@ -162,6 +162,7 @@ class LlamaModel:
         self.vocab = lc.llama_model_get_vocab(model)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self.n_embd = lc.llama_model_n_embd(model)
+        self.n_layer = lc.llama_model_n_layer(model)
         self.n_ctx_train = lc.llama_model_n_ctx_train(model)
         self.size = lc.llama_model_size(model)
         self._pieces: dict[int, bytes] = {}
