@@ -562,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     vocab = llama_cpp.Llama(str(args.model), vocab_only=True, verbose=False)
     t_start = time.perf_counter()
     deadline = Deadline(args.max_seconds)
-    meta = {**machine(), "gpu": gpu_name(), "worker_lib": os.environ.get("LLAMA_CPP_LIB_PATH"), "model": str(args.model), "load_start": loadavg(), "busy": [], "psi": [],
+    meta = {**machine(), "gpu": gpu_name(), "worker_lib": os.environ.get("LLAMA_CPP_LIB_PATH"),
+            "model": str(args.model), "load_start": loadavg(), "busy": [], "psi": [],
             "prompt_tokens": len(vocab.tokenize(PROMPT.encode()))}
     # The long prompt: filler words until it tokenizes to LONG_PROMPT_TOKENS (± a few).
     words = LONG_PROMPT_TOKENS
