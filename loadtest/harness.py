@@ -98,6 +98,16 @@ def mem_total() -> str:
     return "RAM unknown"
 
 
+def gpu_name() -> str | None:
+    """The NVIDIA GPUs nvidia-smi lists (name, memory, driver), or None without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return "; ".join(line.strip() for line in out.splitlines() if line.strip()) or None
+
+
 def loadavg() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -117,12 +127,13 @@ def cpu_pressure() -> float | None:
 
 
 def machine() -> dict:
-    """The first fields of a report's ``meta``: date, nproc, cpu, mem, os, python."""
+    """The first fields of a report's ``meta``: date, nproc, cpu, mem, gpu (None without one), os, python."""
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
         "cpu": cpu_model(),
         "mem": mem_total(),
+        "gpu": gpu_name(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
     }
