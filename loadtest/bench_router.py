@@ -191,23 +191,24 @@ class Router(Service):
 
 
 class Nginx(Service):
-    """nginx in front of the routers, configured from deploy/nginx/ the way ``corral up`` does it."""
+    """nginx in front of the routers, configured from deploy/nginx/ the way ``corral up`` does it
+    (``--split`` also puts one straight in front of the worker, with the same configuration)."""
 
     name = "nginx"
 
-    def __init__(self, tmp: Path, router_ports: list[int]) -> None:
+    def __init__(self, tmp: Path, router_ports: list[int], label: str = "nginx") -> None:
         port = free_port()
-        prefix = tmp / "nginx"
+        prefix = tmp / label
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
         conf = (NGINX_DIR / "corral-up.conf").read_text()
         conf = conf.replace("@@ROUTERS@@", "\n".join(f"        server 127.0.0.1:{p};" for p in router_ports))
         conf = conf.replace("@@LISTEN@@", f"127.0.0.1:{port}")
         conf = conf.replace("@@PROXY_CONF@@", str(NGINX_DIR / "corral-proxy.conf"))
-        conf = conf.replace("@@ERROR_LOG@@", str(tmp / "nginx-error.log"))
+        conf = conf.replace("@@ERROR_LOG@@", str(tmp / f"{label}-error.log"))
         (prefix / "nginx.conf").write_text(conf)
         super().__init__([NGINX_BINARY, "-p", str(prefix), "-c", "nginx.conf", "-g", "daemon off;"], port,
-                         tmp / "nginx.log")
+                         tmp / f"{label}.log")
 
 
 class FakeWorker(Service):
@@ -411,7 +412,7 @@ def analyse(raw: RawStream, tokens: int) -> Stream:
 
 @dataclass
 class Batch:
-    path: str  # "direct" | "cluster"
+    path: str  # "direct" | "cluster" (nginx + router); with --split also "router" or "nginx" alone
     index: int
     wall_s: float  # first request written -> last final line read
     tokens: int  # eval_count summed over the streams
@@ -980,6 +981,34 @@ def render_profile(profile: dict, title: str, *, full: bool, router_runs: list[W
     return out
 
 
+SPLIT_PATHS = {"router": "router alone (no nginx)", "nginx": "nginx alone (no router)"}
+
+
+def _split_table(batches: list[Batch]) -> list[str]:
+    """--split: what each proxy adds on its own, beside what both add together, in the same run."""
+    if not any(b.path in SPLIT_PATHS for b in batches):
+        return []
+    d_hops = _collect(batches, "direct", "hops")
+    d_path = [a + b for a, b in zip(_collect(batches, "direct", "inbound"), _collect(batches, "direct", "first_hop"))]
+    out = ["### Who adds what (`--split`: each proxy alone in front of the same worker, same run)\n",
+           "| path | per token p50 added | p99 added | TTFT network path p50 added | p99 added "
+           "| router µs / token | nginx µs / token |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for path, label in (*SPLIT_PATHS.items(), ("cluster", "nginx + router (the cluster)")):
+        group = [b for b in batches if b.path == path]
+        if not group:
+            continue
+        hops = _collect(batches, path, "hops")
+        way = [a + b for a, b in zip(_collect(batches, path, "inbound"), _collect(batches, path, "first_hop"))]
+        cpu = {role: median([b.cpu.get(role, 0.0) * 1e6 / b.tokens for b in group]) for role in ("router", "nginx")}
+        out.append(f"| {label} | {fmt(pct(hops, 50) - pct(d_hops, 50), 2)} | {fmt(pct(hops, 99) - pct(d_hops, 99), 2)} "
+                   f"| {fmt(pct(way, 50) - pct(d_path, 50), 2)} | {fmt(pct(way, 99) - pct(d_path, 99), 2)} "
+                   f"| {fmt(cpu['router'], 0)} | {fmt(cpu['nginx'], 0)} |")
+    out.append("\nCPU per token is the process's whole CPU time during the batches ÷ tokens relayed (placing and "
+               "starting requests included, idle rate not taken off).\n")
+    return out
+
+
 def build_report(args, meta: dict, batches: list[Batch], wrk_runs: list[WrkRun], profiles: dict[str, dict],
                  problems: list[str]) -> tuple[str, bool]:
     out: list[str] = []
@@ -1096,6 +1125,7 @@ def build_report(args, meta: dict, batches: list[Batch], wrk_runs: list[WrkRun],
         out.append(f"| TTFT as the client sees it | {fmt(added['ttft'][0], 1)} | {fmt(added['ttft'][1], 1)} "
                    f"| {len(d_ttft)} / {len(c_ttft)} | {v_ttft} |")
         out.append("")
+        out.extend(_split_table(batches))
         out.append("### Absolute numbers per path (ms unless noted)\n")
         out.append("| | direct to the worker p50 | p99 | through nginx + router p50 | p99 |")
         out.append("|---|---:|---:|---:|---:|")
@@ -1116,7 +1146,10 @@ def build_report(args, meta: dict, batches: list[Batch], wrk_runs: list[WrkRun],
         out.append("### CPU during the batches (cores: CPU seconds ÷ batch wall time, median over batches)\n")
         out.append("| path | worker | router | nginx | redis | client (this script) | other processes |")
         out.append("|---|---:|---:|---:|---:|---:|---:|")
-        for label, group in (("direct", d_b), ("through nginx + router", c_b)):
+        groups = [("direct", d_b), ("through nginx + router", c_b)]
+        groups += [(SPLIT_PATHS[path], [b for b in batches if b.path == path]) for path in SPLIT_PATHS
+                   if any(b.path == path for b in batches)]
+        for label, group in groups:
             cells = [fmt(median([b.cpu.get(role, 0.0) / b.wall_s for b in group]), 2) for role in ROLES_1]
             out.append(f"| {label} | " + " | ".join(cells) + f" | {fmt(median([b.other_cores for b in group]), 2)} |")
         out.append("")
@@ -1229,6 +1262,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="GGUF for part 1 (and the registry entry of part 2)")
     p.add_argument("--profile-out", type=Path, default=None,
                    help="also write py-spy's raw collapsed stacks here (for flamegraph.pl / speedscope)")
+    p.add_argument("--split", action="store_true",
+                   help="part 1: also measure the router alone and nginx alone in front of the worker")
     p.add_argument("--pin", default="", metavar="WORKER_CPUS:PROXY_CPUS",
                    help="part 1 only: pin the worker to some CPUs and the router, nginx, Redis, the registry and "
                         "this client to others, e.g. 0:1 (default: everything shares every CPU)")
@@ -1262,7 +1297,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-_ARG_KEYS = ("streams", "tokens", "rounds", "wrk_seconds", "fake_workers", "profile_connections", "pin")
+_ARG_KEYS = ("streams", "tokens", "rounds", "wrk_seconds", "fake_workers", "profile_connections", "pin", "split")
 
 
 def rebuild(args: argparse.Namespace) -> int:
@@ -1376,6 +1411,7 @@ def main(argv: list[str] | None = None) -> int:
             meta["router_cmd"] = router.command
             nginx = start(Nginx(tmp, [router.port]), "nginx")
             print(f"[bench] worker {worker.url}, router {router.url}, nginx {nginx.url}", flush=True)
+            proxies = [router, nginx]
 
             phase = "model import through nginx"
             t0 = time.perf_counter()
@@ -1397,21 +1433,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] model loaded through the cluster in {time.perf_counter() - t0:.1f} s", flush=True)
             payload = json.dumps(body, separators=(",", ":")).encode()
             ports = {"direct": direct_port, "cluster": nginx.port}
+            if args.split:  # each proxy alone in front of the worker, to see who adds what
+                nginx_alone = start(Nginx(tmp, [direct_port], "nginx-alone"), "nginx")
+                proxies.append(nginx_alone)
+                ports |= {"router": router.port, "nginx": nginx_alone.port}
             warm_tokens = 4  # a short warm-up batch per path: connection pools, the worker's slots
             warm_payload = json.dumps({**body, "options": {**body["options"], "num_predict": warm_tokens}},
                                       separators=(",", ":")).encode()
-            for path in ("direct", "cluster"):
+            for path in ports:
                 phase = f"warm-up batch ({path})"
                 warm = measure_batch(path, 0, ports[path], warm_payload, args.streams, warm_tokens, meter, deadline)
                 print(f"[bench] warm-up {path}: {warm.wall_s:.2f} s, {warm.tok_s:.0f} tok/s", flush=True)
             order = []
-            for i in range(args.rounds):
-                order += ["direct", "cluster"] if i % 2 == 0 else ["cluster", "direct"]
+            for i in range(args.rounds):  # forwards, then backwards: drift hits every path alike
+                order += list(ports) if i % 2 == 0 else list(ports)[::-1]
             counts = Counter()
             for path in order:
                 if args.pin_cpus:
                     pin([worker.pid], args.pin_cpus[0])
-                    pin([router.pid, nginx.pid, redis.pid, registry.pid, os.getpid()], args.pin_cpus[1])
+                    pin([p.pid for p in proxies] + [redis.pid, registry.pid, os.getpid()], args.pin_cpus[1])
                 counts[path] += 1
                 phase = f"batch {counts[path]} ({path})"
                 b = measure_batch(path, counts[path], ports[path], payload, args.streams, args.tokens, meter, deadline)
@@ -1423,7 +1463,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{pct(hops, 99):.2f} ms, router {b.cpu.get('router', 0):.2f} s CPU, others "
                       f"{b.other_cores:.2f} cores", flush=True)
             phase = "part 1 stop"
-            for service in (nginx, router, worker):
+            for service in (*proxies[::-1], worker):
                 stop(service)
 
         if "capacity" in args.part_set:
