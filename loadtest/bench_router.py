@@ -994,18 +994,30 @@ def _split_table(batches: list[Batch]) -> list[str]:
            "| path | per token p50 added | p99 added | TTFT network path p50 added | p99 added "
            "| router µs / token | nginx µs / token |",
            "|---|---:|---:|---:|---:|---:|---:|"]
+    added: dict[str, float] = {}
+    direct = [b for b in batches if b.path == "direct"]
+    # What each proxy burns while it relays nothing (the router's reaper and worker-list reads)
+    # is taken off, as in the CPU paragraph below.
+    idle = {role: median([b.cpu.get(role, 0.0) / b.wall_s for b in direct]) if direct else 0.0
+            for role in ("router", "nginx")}
     for path, label in (*SPLIT_PATHS.items(), ("cluster", "nginx + router (the cluster)")):
         group = [b for b in batches if b.path == path]
         if not group:
             continue
         hops = _collect(batches, path, "hops")
         way = [a + b for a, b in zip(_collect(batches, path, "inbound"), _collect(batches, path, "first_hop"))]
-        cpu = {role: median([b.cpu.get(role, 0.0) * 1e6 / b.tokens for b in group]) for role in ("router", "nginx")}
+        added[path] = pct(hops, 50) - pct(d_hops, 50)
+        cpu = {role: median([max(b.cpu.get(role, 0.0) - idle[role] * b.wall_s, 0.0) * 1e6 / b.tokens
+                             for b in group]) for role in ("router", "nginx")}
         out.append(f"| {label} | {fmt(pct(hops, 50) - pct(d_hops, 50), 2)} | {fmt(pct(hops, 99) - pct(d_hops, 99), 2)} "
                    f"| {fmt(pct(way, 50) - pct(d_path, 50), 2)} | {fmt(pct(way, 99) - pct(d_path, 99), 2)} "
                    f"| {fmt(cpu['router'], 0)} | {fmt(cpu['nginx'], 0)} |")
-    out.append("\nCPU per token is the process's whole CPU time during the batches ÷ tokens relayed (placing and "
-               "starting requests included, idle rate not taken off).\n")
+    out.append("\nCPU per token: the process's CPU time during the path's batches, less its idle rate during the "
+               "direct batches, ÷ tokens relayed (median over batches; placing and starting requests included).")
+    if len(added) == 3:
+        out.append(f"Per token at p50, router alone + nginx alone = {fmt(added['router'] + added['nginx'], 2)} ms; "
+                   f"both together add {fmt(added['cluster'], 2)} ms.")
+    out.append("")
     return out
 
 
