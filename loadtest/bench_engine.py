@@ -580,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["worker_extra"] = ", " + ", ".join(f"{k}={v}" for k, v in extra.items())
 
     def note(when: str) -> None:
-        reason, psi = busy_reason()
+        reason, psi = busy_reason(after_own_load=when == "at end")
         meta["psi"].append(f"{psi:.0f}%" if psi is not None else "n/a")
         if reason:
             meta["busy"].append(f"{when}: {reason}")
