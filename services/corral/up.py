@@ -185,7 +185,8 @@ def run(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "1
             if stopping:
                 return 130
         endpoint = f"http://{host}:{port}"
-        print(f"Corral is running at {endpoint}  ({workers} workers, {routers} routers; logs in {data_dir / 'logs'})",
+        print(f"Corral is running at {endpoint}  ({_count(workers, 'worker')}, {_count(routers, 'router')}; "
+              f"logs in {data_dir / 'logs'})",
               flush=True)
         print(f"  export OLLAMA_HOST={endpoint}    # then: ollama run, ollama.chat(...), OpenAI(base_url=...)",
               flush=True)
@@ -249,3 +250,7 @@ def _tail(path: Path, n: int = 3000) -> str:
         return path.read_text(errors="replace")[-n:]
     except OSError:
         return "(no log)"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
