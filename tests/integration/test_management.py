@@ -592,3 +592,22 @@ def test_metrics_count_requests_and_time_to_first_token(http):
                                                                             **route) + 1
     ttft = "corral_worker_time_to_first_token_seconds_count"
     assert sample(after, ttft, model=MODEL_NAME) >= sample(before, ttft, model=MODEL_NAME) + 1
+
+
+@pytest.mark.worker_only("the worker's own corral_worker_* series; a router serves corral_router_*")
+def test_metrics_time_each_decode_step_inside_and_around_llama_decode(http):
+    name = "corral_worker_engine_step_seconds_count"
+    before = http.get("/metrics").text
+    r = http.post("/api/generate", json={"model": MODEL_NAME, "prompt": "Tell me a story", "stream": False,
+                                         "options": {"num_predict": 8, "temperature": 0}})
+    assert r.status_code == 200 and r.json()["eval_count"] == 8
+    after = http.get("/metrics").text
+    # Every generated token after the first needs a decode of its own; the steps after the first
+    # also have a "host" time (the loop was busy with this request in between).
+    def grew(metric: str, phase: str) -> float:
+        return sample(after, metric, model=MODEL_NAME, phase=phase) - sample(before, metric, model=MODEL_NAME,
+                                                                               phase=phase)
+
+    decode, host = grew(name, "decode"), grew(name, "host")
+    assert decode >= 8 and 7 <= host < decode
+    assert grew("corral_worker_engine_step_seconds_sum", "decode") > 0

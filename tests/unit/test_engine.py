@@ -207,3 +207,23 @@ def test_short_prompts_arriving_together_start_in_the_same_step(engine):
         pass
     # Both whole in step 4; greedy, so each prompt's last token goes alone in step 5.
     assert first_at == {0: 5, 1: 5}, first_at
+
+
+def test_each_step_reports_its_time_inside_and_around_llama_decode(gguf_path):
+    steps: list[tuple[float, float | None]] = []
+    options = LoadOptions(num_ctx=256, n_parallel=2)
+    eng = Engine(LlamaModel(gguf_path, options), options, threads=2, on_step=lambda d, h: steps.append((d, h)))
+    try:
+        generate(eng, num_predict=6)
+        first_request = len(steps)
+        generate(eng, num_predict=6)
+    finally:
+        eng.close()
+    # Greedy: the prompt, its last token alone, then one decode per token after the first.
+    assert first_request >= 6 and len(steps) >= 2 * 6
+    assert all(d > 0 for d, _ in steps)
+    # The loop waited for the second request, so its first step has no "between" time; the
+    # steps within a request do.
+    assert steps[0][1] is None and steps[first_request][1] is None
+    within = [h for _, h in steps[1:first_request] + steps[first_request + 1:]]
+    assert all(h is not None and h > 0 for h in within)

@@ -49,13 +49,26 @@ def vram_bytes(size: int, num_gpu: int, n_layer: int) -> int:
     return size * num_gpu // layers
 
 
+def _step_observer(metrics: WorkerMetrics, model: str):
+    decode = metrics.step_seconds.labels(model, "decode")
+    host = metrics.step_seconds.labels(model, "host")
+
+    def observe(decode_s: float, host_s: float | None) -> None:
+        decode.observe(decode_s)
+        if host_s is not None:
+            host.observe(host_s)
+
+    return observe
+
+
 def make_loader(settings: WorkerSettings, inspector: ModelInspector, metrics: WorkerMetrics, *, gpu: bool):
     async def load(record: Any, options: LoadOptions) -> Loaded:
         def build() -> Loaded:
             started = time.perf_counter()
             llama = LlamaModel(record.model_path, options)
             try:
-                engine = Engine(llama, options, threads=options.num_thread or settings.num_threads)
+                engine = Engine(llama, options, threads=options.num_thread or settings.num_threads,
+                                on_step=_step_observer(metrics, record.name.display))
             except Exception:
                 llama.close()
                 raise

@@ -275,8 +275,15 @@ class _Slot:
         self.last_alone = False  # the prompt's last token goes in a step of its own
 
 
+# ``on_step(decode_s, host_s)``: the time one step spent inside ``llama_decode``, and the time
+# the loop spent between the previous step's decode and this one (sampling, handing tokens
+# over, building the batch); None when the loop was idle or busy with embeddings in between.
+StepHook = Callable[[float, "float | None"], None]
+
+
 class Engine:
-    def __init__(self, model: LlamaModel, options: LoadOptions, *, threads: int) -> None:
+    def __init__(self, model: LlamaModel, options: LoadOptions, *, threads: int,
+                 on_step: StepHook | None = None) -> None:
         self.model = model
         self.options = options
         self.threads = threads
@@ -301,6 +308,8 @@ class Engine:
         # decodes it in a micro-batch of its own).
         self._decode_step_s: dict[int, float] = {}
         self._prompt_token_s = 0.0
+        self._on_step = on_step
+        self._last_decode_end = 0.0  # 0: the loop waited for work (or embedded) since
         # Events of the current step, delivered together at its end (see GenerateJob.post).
         self._outbox: list[tuple[GenerateJob, Event]] = []
         # Unbounded on purpose: the scheduler admits at most n_parallel generate jobs.
@@ -338,6 +347,8 @@ class Engine:
         try:
             while True:
                 busy = bool(waiting) or any(s.job for s in self._slots)
+                if not busy:
+                    self._last_decode_end = 0.0
                 if not self._drain_inbox(waiting, block=not busy):
                     break
                 waiting = self._assign(waiting)
@@ -368,6 +379,7 @@ class Engine:
             pass
         if embeds:
             self._embed(embeds)
+            self._last_decode_end = 0.0
         return not stop
 
     def _emit(self, job: GenerateJob, event: Event) -> None:
@@ -605,7 +617,11 @@ class Engine:
         batch.n_tokens = n
         started = time.perf_counter()
         rc = lc.llama_decode(self.ctx, batch)
-        elapsed = time.perf_counter() - started
+        ended = time.perf_counter()
+        elapsed = ended - started
+        if self._on_step is not None:
+            last, self._last_decode_end = self._last_decode_end, ended
+            self._on_step(elapsed, started - last if last else None)
         if rc != 0:
             for slot, _ in sample_at:
                 if slot.job is not None:

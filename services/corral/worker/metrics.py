@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# A decode step: ~1 ms on a GPU, tens of ms on a CPU, seconds for a long prompt's chunk.
+_STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
 
 
 class WorkerMetrics:
@@ -33,6 +35,15 @@ class WorkerMetrics:
         self.slots_total = Gauge("corral_worker_slots", "Parallel slots per loaded model", ["model"], registry=r)
         self.queue_depth = Gauge("corral_worker_queue_depth", "Requests waiting for a slot or a load", registry=r)
         self.models_loaded = Gauge("corral_worker_models_loaded", "Models loaded", registry=r)
+        # What separates the engine from llama.cpp's own speed: per step, the time inside
+        # llama_decode and the time around it (sampling, handing tokens over, the next batch).
+        self.step_seconds = Histogram(
+            "corral_worker_engine_step_seconds",
+            "Per decode step: time inside llama_decode (phase=decode) and between two decodes (phase=host)",
+            ["model", "phase"],
+            buckets=_STEP_BUCKETS,
+            registry=r,
+        )
         self.load_seconds = Histogram(
             "corral_worker_model_load_seconds", "Time to load a model", buckets=_LOAD_BUCKETS, registry=r
         )
