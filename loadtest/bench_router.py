@@ -981,6 +981,18 @@ def render_profile(profile: dict, title: str, *, full: bool, router_runs: list[W
     return out
 
 
+def _network_path(batches: list[Batch], path: str) -> list[float]:
+    """Per request: the way in (client wrote → worker started) plus the first token's way out."""
+    return [a + b for a, b in zip(_collect(batches, path, "inbound"), _collect(batches, path, "first_hop"))]
+
+
+def _idle_rate(batches: list[Batch], role: str) -> float:
+    """CPU seconds per second ``role`` burns while it relays nothing (during the direct batches:
+    the router's reaper and worker-list reads), to take off what it uses on its own paths."""
+    direct = [b for b in batches if b.path == "direct"]
+    return median([b.cpu.get(role, 0.0) / b.wall_s for b in direct]) if direct else 0.0
+
+
 SPLIT_PATHS = {"router": "router alone (no nginx)", "nginx": "nginx alone (no router)"}
 
 
@@ -989,27 +1001,23 @@ def _split_table(batches: list[Batch]) -> list[str]:
     if not any(b.path in SPLIT_PATHS for b in batches):
         return []
     d_hops = _collect(batches, "direct", "hops")
-    d_path = [a + b for a, b in zip(_collect(batches, "direct", "inbound"), _collect(batches, "direct", "first_hop"))]
+    d_path = _network_path(batches, "direct")
     out = ["### Who adds what (`--split`: each proxy alone in front of the same worker, same run)\n",
            "| path | per token p50 added | p99 added | TTFT network path p50 added | p99 added "
            "| router µs / token | nginx µs / token |",
            "|---|---:|---:|---:|---:|---:|---:|"]
     added: dict[str, float] = {}
-    direct = [b for b in batches if b.path == "direct"]
-    # What each proxy burns while it relays nothing (the router's reaper and worker-list reads)
-    # is taken off, as in the CPU paragraph below.
-    idle = {role: median([b.cpu.get(role, 0.0) / b.wall_s for b in direct]) if direct else 0.0
-            for role in ("router", "nginx")}
+    idle = {role: _idle_rate(batches, role) for role in ("router", "nginx")}
     for path, label in (*SPLIT_PATHS.items(), ("cluster", "nginx + router (the cluster)")):
         group = [b for b in batches if b.path == path]
         if not group:
             continue
         hops = _collect(batches, path, "hops")
-        way = [a + b for a, b in zip(_collect(batches, path, "inbound"), _collect(batches, path, "first_hop"))]
+        way = _network_path(batches, path)
         added[path] = pct(hops, 50) - pct(d_hops, 50)
         cpu = {role: median([max(b.cpu.get(role, 0.0) - idle[role] * b.wall_s, 0.0) * 1e6 / b.tokens
                              for b in group]) for role in ("router", "nginx")}
-        out.append(f"| {label} | {fmt(pct(hops, 50) - pct(d_hops, 50), 2)} | {fmt(pct(hops, 99) - pct(d_hops, 99), 2)} "
+        out.append(f"| {label} | {fmt(added[path], 2)} | {fmt(pct(hops, 99) - pct(d_hops, 99), 2)} "
                    f"| {fmt(pct(way, 50) - pct(d_path, 50), 2)} | {fmt(pct(way, 99) - pct(d_path, 99), 2)} "
                    f"| {fmt(cpu['router'], 0)} | {fmt(cpu['nginx'], 0)} |")
     out.append("\nCPU per token: the process's CPU time during the path's batches, less its idle rate during the "
@@ -1045,8 +1053,7 @@ def build_report(args, meta: dict, batches: list[Batch], wrk_runs: list[WrkRun],
     d_hops, c_hops = _collect(batches, "direct", "hops"), _collect(batches, "cluster", "hops")
     d_ttft, c_ttft = _collect(batches, "direct", "ttft"), _collect(batches, "cluster", "ttft")
     d_in, c_in = _collect(batches, "direct", "inbound"), _collect(batches, "cluster", "inbound")
-    d_path = [a + b for a, b in zip(d_in, _collect(batches, "direct", "first_hop"))]
-    c_path = [a + b for a, b in zip(c_in, _collect(batches, "cluster", "first_hop"))]
+    d_path, c_path = _network_path(batches, "direct"), _network_path(batches, "cluster")
     added = {}
     for name, d, c in (("token", d_hops, c_hops), ("ttft", d_ttft, c_ttft), ("path", d_path, c_path),
                        ("inbound", d_in, c_in)):
@@ -1167,7 +1174,7 @@ def build_report(args, meta: dict, batches: list[Batch], wrk_runs: list[WrkRun],
         out.append("")
         # The router is idle but not asleep during direct batches (reaper, worker-list reads): that
         # rate, per second, is taken off the cluster batches so the figures are the relay's own.
-        idle_rate = median([b.cpu.get("router", 0.0) / b.wall_s for b in d_b]) if d_b else 0.0
+        idle_rate = _idle_rate(batches, "router")
         relay = [max(b.cpu.get("router", 0.0) - idle_rate * b.wall_s, 0.0) for b in c_b]
         per_req = [cpu * 1000 / len(b.streams) for cpu, b in zip(relay, c_b)]
         per_tok = [cpu * 1e6 / b.tokens for cpu, b in zip(relay, c_b)]
