@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import queue
+import re
 import threading
 
 import pytest
@@ -227,3 +229,36 @@ def test_each_step_reports_its_time_inside_and_around_llama_decode(gguf_path):
     assert steps[0][1] is None and steps[first_request][1] is None
     within = [h for _, h in steps[1:first_request] + steps[first_request + 1:]]
     assert all(h is not None and h > 0 for h in within)
+
+
+def test_the_context_reserves_logits_for_one_token_per_sequence_not_the_whole_batch(gguf_path, caplog):
+    # A step never asks for more than one token's logits per sequence; reserving the output
+    # layer for all 512 batch positions would cost 512 x n_vocab floats (96 MiB for SmolLM2).
+    options = LoadOptions(num_ctx=256, n_parallel=4)
+    model = LlamaModel(gguf_path, options)
+    with caplog.at_level(logging.DEBUG, logger="corral.llama_cpp"):
+        eng = Engine(model, options, threads=2)
+    try:
+        sizes = [float(m.group(1)) for r in caplog.records
+                 if (m := re.search(r"CPU compute buffer size = +([\d.]+) MiB", r.getMessage()))]
+        assert sizes, "llama.cpp logged no compute buffer size"
+        whole_batch_logits_mib = options.num_batch * model.n_vocab * 4 / 2**20
+        assert max(sizes) < whole_batch_logits_mib / 2, (sizes, whole_batch_logits_mib)
+        # Four sequences still get their logits in the same step.
+        texts = {}
+        done = threading.Event()
+
+        def emit_for(i):
+            def emit(ev):
+                texts.setdefault(i, []).append(ev)
+                if len([v for v in texts.values() if not isinstance(v[-1], Token)]) == 4:
+                    done.set()
+            return emit
+
+        for i in range(4):
+            eng.submit(GenerateJob(prompt=model.tokenize(f"{PROMPT} {i}"), sampling=Sampling(temperature=0),
+                                   emit=emit_for(i), num_predict=5))
+        assert done.wait(120)
+        assert all(isinstance(evs[-1], Done) and evs[-1].generated_tokens == 5 for evs in texts.values()), texts
+    finally:
+        eng.close()
