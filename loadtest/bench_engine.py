@@ -310,10 +310,12 @@ async def measure(sides: list[Side], args, problems: list[str], results: dict) -
                 problems.append(f"{side.name}, {what}: generated {s.generated} != {n} ({s.finish})")
 
     async def in_turns(record, run, repeats: int = args.repeats) -> None:
-        """``run(side, client, i)`` for i in range(repeats), alternating sides; ``record(side)`` is
-        the list each result goes to."""
+        """``run(side, client, i)`` for i in range(repeats) on each side, back to back; ``record(side)``
+        is the list each result goes to. Repeat i of one side pairs with repeat i of the other
+        (see ``paired``); who goes first alternates, so neither side always runs on a machine the
+        other has just warmed, or just slowed."""
         for i in range(repeats):
-            for side in sides:
+            for side in (sides if i % 2 == 0 else sides[::-1]):
                 record(side).append(await run(side, clients[side.key], i))
 
     async def single(side: Side, client, _i: int) -> dict:
@@ -323,10 +325,15 @@ async def measure(sides: list[Side], args, problems: list[str], results: dict) -
 
     def streams_of(level: int):
         async def run(side: Side, client, _i: int) -> dict:
+            cpu = time.process_time()
             wall, streams = await concurrent(side, client, [PROMPT] * level, n)
+            cpu = time.process_time() - cpu
             check(side, streams, f"{level} streams")
-            return {"aggregate_tps": sum(s.generated for s in streams) / wall,
-                    "p50_ttft_s": median([s.ttft_s for s in streams])}
+            generated = sum(s.generated for s in streams)
+            # The client shares the CPUs with the server it measures: what reading each side's
+            # stream costs it (formats differ) is CPU that side's server did not get.
+            return {"aggregate_tps": generated / wall, "p50_ttft_s": median([s.ttft_s for s in streams]),
+                    "client_cpu_per_token_s": cpu / generated if generated else float("nan")}
         return run
 
     async def turns(side: Side, client, i: int) -> dict:
@@ -411,6 +418,25 @@ def build_report(args, meta: dict, build: dict, res: dict, problems: list[str]) 
     def ratio(a: float, b: float) -> float:
         return a / b if b == b and b > 0 else float("nan")
 
+    def paired(w: list[float], s: list[float]) -> tuple[float, float, float]:
+        """Median, lowest and highest of worker ÷ server over the repeats, each repeat's two runs
+        back to back: the machine's slow spells (minutes long) mostly hit both runs of a pair,
+        so these ratios spread less than two medians taken over the whole run do."""
+        rs = [ratio(a, b) for a, b in zip(w, s)]
+        rs = [r for r in rs if r == r]
+        return (median(rs), min(rs), max(rs)) if rs else (float("nan"),) * 3
+
+    def single_pair() -> tuple[float, float, float]:
+        return paired([r["decode_tps"] for r in wrk.get("single", [])], [r["decode_tps"] for r in srv.get("single", [])])
+
+    def agg_pair(level: int) -> tuple[float, float, float]:
+        def runs(side: dict) -> list[float]:
+            return [r["aggregate_tps"] for r in side.get("levels", {}).get(level, [])]
+        return paired(runs(wrk), runs(srv))
+
+    def spread(p: tuple[float, float, float]) -> str:
+        return f"{fmt(p[0], 2)} ({fmt(p[1], 2)}–{fmt(p[2], 2)})"
+
     def ok(x: float, target: float, below: bool = False) -> bool | None:
         return None if x != x else (x <= target if below else x >= target)
 
@@ -438,7 +464,7 @@ def build_report(args, meta: dict, build: dict, res: dict, problems: list[str]) 
                f"num_ctx {NUM_CTX}{meta.get('worker_extra', '')}, OLLAMA_KEEP_ALIVE=1h"
                + (f", llama.cpp from LLAMA_CPP_LIB_PATH={meta['worker_lib']}" if meta.get("worker_lib") else "")
                + "; both servers up together, measured in turns: each repeat of each measurement on "
-               "llama-server, then on the worker")
+               "both, back to back, the first one alternating")
     out.append(f"- Total time: {meta.get('total_s', float('nan')):.0f} s\n")
     overhead = meta.get("model_name", "").startswith(OVERHEAD_MODEL)
     if overhead:
@@ -449,15 +475,17 @@ def build_report(args, meta: dict, build: dict, res: dict, problems: list[str]) 
                    "chat-turn and long-prompt rows get no verdict.\n")
 
     out.append("## Targets\n")
-    out.append("| target | llama-server | Corral worker | ratio | goal | verdict |")
-    out.append("|---|---:|---:|---:|---:|---|")
-    r1 = ratio(single(wrk), single(srv))
-    out.append(f"| one stream, decode tok/s | {fmt(single(srv))} | {fmt(single(wrk))} | {fmt(r1, 2)} "
-               f"| ≥ {TARGET_SINGLE} | {verdict(ok(r1, TARGET_SINGLE))} |")
+    out.append("| target | llama-server | Corral worker | ratio of medians | paired ratio (range) | goal | verdict |")
+    out.append("|---|---:|---:|---:|---:|---:|---|")
+    p1 = single_pair()
+    out.append(f"| one stream, decode tok/s | {fmt(single(srv))} | {fmt(single(wrk))} "
+               f"| {fmt(ratio(single(wrk), single(srv)), 2)} | {spread(p1)} "
+               f"| ≥ {TARGET_SINGLE} | {verdict(ok(p1[0], TARGET_SINGLE))} |")
     for level in LEVELS[1:]:
-        r = ratio(agg(wrk, level), agg(srv, level))
+        p = agg_pair(level)
         out.append(f"| {level} streams, aggregate tok/s | {fmt(agg(srv, level))} | {fmt(agg(wrk, level))} "
-                   f"| {fmt(r, 2)} | ≥ {TARGET_AGGREGATE} | {verdict(ok(r, TARGET_AGGREGATE))} |")
+                   f"| {fmt(ratio(agg(wrk, level), agg(srv, level)), 2)} | {spread(p)} "
+                   f"| ≥ {TARGET_AGGREGATE} | {verdict(ok(p[0], TARGET_AGGREGATE))} |")
 
     def turns(side: dict) -> tuple[float, float, float]:
         t = side.get("turns", [])
@@ -467,7 +495,7 @@ def build_report(args, meta: dict, build: dict, res: dict, problems: list[str]) 
     sf, ss, sr = turns(srv)
     wf, ws, wr = turns(wrk)
     out.append(f"| chat turn 2 TTFT ÷ turn 1 TTFT (ms; temperature {CHAT_TEMPERATURE}, unseeded) | {fmt(ss * 1e3)} ÷ {fmt(sf * 1e3)} = {fmt(sr, 2)} "
-               f"| {fmt(ws * 1e3)} ÷ {fmt(wf * 1e3)} = {fmt(wr, 2)} | – | ≤ {TARGET_SECOND_TURN} "
+               f"| {fmt(ws * 1e3)} ÷ {fmt(wf * 1e3)} = {fmt(wr, 2)} | – | – | ≤ {TARGET_SECOND_TURN} "
                f"| {'n/a' if overhead else verdict(ok(wr, TARGET_SECOND_TURN, below=True))} |")
 
     def gap(side: dict, key: str) -> float:
@@ -475,18 +503,22 @@ def build_report(args, meta: dict, build: dict, res: dict, problems: list[str]) 
 
     sg, wg = gap(srv, "during_p95_gap_s"), gap(wrk, "during_p95_gap_s")
     out.append(f"| 4 streams' p95 token gap during a {LONG_PROMPT_TOKENS}-token prefill ÷ their p50 gap without "
-               f"| {fmt(sg, 2)}× | {fmt(wg, 2)}× | – | < {TARGET_GAP} "
+               f"| {fmt(sg, 2)}× | {fmt(wg, 2)}× | – | – | < {TARGET_GAP} "
                f"| {'n/a' if overhead else verdict(ok(wg, TARGET_GAP - 1e-9, below=True))} |")
-    out.append("")
+    out.append("\nThe throughput verdicts use the paired ratio: the median over the repeats of worker ÷ "
+               "llama-server, each repeat running on both back to back (who goes first alternates). The ratio "
+               "of the two sides' medians is shown beside it.\n")
 
     out.append("## Throughput\n")
-    out.append("| streams | llama-server tok/s | worker tok/s | worker ÷ server | server p50 TTFT (ms) | worker p50 TTFT (ms) |")
-    out.append("|---:|---:|---:|---:|---:|---:|")
+    out.append("| streams | llama-server tok/s | worker tok/s | worker ÷ server, medians | paired (range) "
+               "| server p50 TTFT (ms) | worker p50 TTFT (ms) | client CPU per token, server / worker (µs) |")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for level in LEVELS:
-        def ttft(side: dict) -> float:
-            return median([r["p50_ttft_s"] * 1e3 for r in side.get("levels", {}).get(level, [])])
+        def at_level(side: dict, key: str = "p50_ttft_s", scale: float = 1e3) -> float:
+            return median([r.get(key, float("nan")) * scale for r in side.get("levels", {}).get(level, [])])
         out.append(f"| {level} | {fmt(agg(srv, level))} | {fmt(agg(wrk, level))} | {fmt(ratio(agg(wrk, level), agg(srv, level)), 2)} "
-                   f"| {fmt(ttft(srv))} | {fmt(ttft(wrk))} |")
+                   f"| {spread(agg_pair(level))} | {fmt(at_level(srv))} | {fmt(at_level(wrk))} "
+                   f"| {fmt(at_level(srv, 'client_cpu_per_token_s', 1e6), 0)} / {fmt(at_level(wrk, 'client_cpu_per_token_s', 1e6), 0)} |")
     out.append("\nAggregate = tokens generated by the batch ÷ wall time from the first request sent to the last "
                "stream's end (prompt processing and HTTP included). One stream's decode rate counts the N-1 "
                "intervals between its first and last token.\n")
