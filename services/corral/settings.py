@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,31 @@ from corral.api.durations import DurationError, parse_env_keep_alive
 from corral.store.registry import parse_mirrors
 
 DEFAULT_PORT = 11434
+# The largest request body (blob uploads aside). Ollama has none; this leaves room for a request
+# full of base64 images, and nginx in front refuses the same (deploy/nginx/).
+DEFAULT_MAX_REQUEST_BODY = "64MiB"
+
+# Size units (CORRAL_WORKER_MEMORY, CORRAL_MAX_REQUEST_BODY): SI (k, M, G, T; "B" optional) and
+# binary (Ki, Mi, Gi, Ti; "B" optional).
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)")
+_SIZE_UNITS = {"": 1, "b": 1} | {
+    prefix + suffix: base**power
+    for power, prefix in enumerate("kmgt", 1)
+    for suffix, base in (("", 1000), ("b", 1000), ("i", 1024), ("ib", 1024))
+}
+
+
+def parse_size(text: str) -> int:
+    """Bytes for ``8GiB``, ``512MB``, ``1.5G``, ``1073741824`` (k/M/G/T are powers of 1000,
+    Ki/Mi/Gi/Ti of 1024; a trailing ``B`` and the case of the unit don't matter)."""
+    match = _SIZE.fullmatch(text.strip())
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _SIZE_UNITS:
+        raise ValueError(f"expected bytes or a size like 8GiB or 512MB, got {text!r}")
+    size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"must be more than 0 bytes, got {text!r}")
+    return size
 
 
 @dataclass(frozen=True)
@@ -89,6 +115,8 @@ class CommonSettings(BaseSettings):
     CORRAL_REGISTRY_MIRRORS: str = ""
     # On SIGTERM a service stops taking requests and lets those in flight finish, this long at most.
     CORRAL_DRAIN_TIMEOUT: str = "30s"
+    # The largest request body (blob uploads aside): more gets 413.
+    CORRAL_MAX_REQUEST_BODY: str = DEFAULT_MAX_REQUEST_BODY
 
     @field_validator("*", mode="before")
     @classmethod
@@ -112,6 +140,16 @@ class CommonSettings(BaseSettings):
         if math.isinf(parse_env_keep_alive(check_duration(value))):
             raise ValueError("must not be negative: the drain is bounded")
         return value
+
+    @field_validator("CORRAL_MAX_REQUEST_BODY")
+    @classmethod
+    def _check_max_request_body(cls, value: str) -> str:
+        parse_size(value)
+        return value
+
+    @property
+    def max_request_body(self) -> int:
+        return parse_size(self.CORRAL_MAX_REQUEST_BODY)
 
     @property
     def drain_timeout_seconds(self) -> float:
@@ -152,8 +190,8 @@ class CommonSettings(BaseSettings):
         shown = {}
         for key, value in self.model_dump().items():
             secret = any(word in key for word in ("PASSWORD", "TOKEN", "SECRET"))
-            if isinstance(value, str) and "://" in value and "@" in value:  # credentials in a URL
-                secret = True
+            if isinstance(value, str) and "://" in value and ("@" in value or "password=" in value):
+                secret = True  # credentials in a URL (a sentinel's password is in its query)
             shown[key] = "***" if secret and value else value
         return shown
 

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from corral.settings import DEFAULT_MAX_REQUEST_BODY, parse_size
+
 logger = logging.getLogger("corral.up")
 
 READY_TIMEOUT_S = 120.0
@@ -98,6 +100,10 @@ def plan(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "
     registry_bin = find_binary("docker-registry", "registry")
     nginx_bin = find_binary("nginx")
     proxy_conf = Path(os.environ.get("CORRAL_NGINX_PROXY_CONF", NGINX_DIR / "corral-proxy.conf"))
+    try:  # nginx refuses what the routers would: their CORRAL_MAX_REQUEST_BODY
+        max_body = parse_size(os.environ.get("CORRAL_MAX_REQUEST_BODY", "").strip("\"' ") or DEFAULT_MAX_REQUEST_BODY)
+    except ValueError as exc:
+        raise UpError(f"CORRAL_MAX_REQUEST_BODY: {exc}") from None
     template = NGINX_DIR / "corral-up.conf"
     if not proxy_conf.is_file() or not template.is_file():
         raise UpError(f"nginx configuration not found in {NGINX_DIR}: run corral up from a source checkout")
@@ -153,6 +159,7 @@ def plan(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "
     conf = conf.replace("@@ROUTERS@@", "\n".join(f"        server 127.0.0.1:{p};" for p in router_ports))
     conf = conf.replace("@@LISTEN@@", f"{host}:{port}").replace("@@PROXY_CONF@@", str(proxy_conf))
     conf = conf.replace("@@ERROR_LOG@@", str(logs / "nginx-error.log"))
+    conf = conf.replace("@@MAX_BODY@@", str(max_body))
     (nginx_dir / "nginx.conf").write_text(conf)
     children.append(
         Child("nginx", [nginx_bin, "-p", str(nginx_dir), "-c", "nginx.conf", "-g", "daemon off;"], base,

@@ -22,7 +22,8 @@ from corral.worker.registration import (
     system_memory,
     worker_info,
 )
-from corral.worker.settings import WorkerSettings, advertised_url, parse_labels, parse_size, primary_host
+from corral.settings import parse_size
+from corral.worker.settings import WorkerSettings, advertised_url, parse_labels, primary_host
 
 GiB = 1 << 30
 CLUSTER_VARS = (

@@ -20,7 +20,10 @@ _UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
-_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)?")
+_NUMBER = re.compile(r"[0-9]*(\.[0-9]*)?")
+_UNIT = re.compile(r"[^0-9.]*")
+# Go counts durations in int64 nanoseconds: about 292 years at most.
+MAX_SECONDS = ((1 << 63) - 1) / 1e9
 
 
 class DurationError(BadRequestError):
@@ -30,25 +33,31 @@ class DurationError(BadRequestError):
 def parse_go_duration(text: str) -> float:
     """Seconds for a Go ``time.ParseDuration`` string, with Go's error messages."""
     original = text
+    invalid = DurationError(f'time: invalid duration "{original}"')
     if text in ("0", "+0", "-0"):
         return 0.0
     sign = 1.0
-    if text[:1] in "+-":
+    if text[:1] in ("+", "-"):
         sign = -1.0 if text[0] == "-" else 1.0
         text = text[1:]
     if not text:
-        raise DurationError(f'time: invalid duration "{original}"')
+        raise invalid
     total = 0.0
     pos = 0
     while pos < len(text):
-        match = _PART.match(text, pos)
-        if not match:
-            raise DurationError(f'time: invalid duration "{original}"')
-        number, unit = match.groups()
-        if unit is None:
+        number = _NUMBER.match(text, pos).group()
+        if number in ("", "."):
+            raise invalid
+        pos += len(number)
+        unit = _UNIT.match(text, pos).group()
+        pos += len(unit)
+        if not unit:
             raise DurationError(f'time: missing unit in duration "{original}"')
+        if unit not in _UNITS:
+            raise DurationError(f'time: unknown unit "{unit}" in duration "{original}"')
         total += float(number) * _UNITS[unit]
-        pos = match.end()
+    if total > MAX_SECONDS:
+        raise invalid
     return sign * total
 
 
@@ -62,13 +71,14 @@ def parse_keep_alive(value: Any) -> float | None:
         seconds = float(value)
     elif isinstance(value, str):
         seconds = parse_go_duration(value.strip())
-    elif isinstance(value, list):
-        raise DurationError("Unsupported type: 'slice'")
+    elif isinstance(value, list):  # Go's %T of what it decoded
+        raise DurationError("Unsupported type: '[]interface {}'")
     elif isinstance(value, dict):
-        raise DurationError("Unsupported type: 'map'")
+        raise DurationError("Unsupported type: 'map[string]interface {}'")
     else:
         raise DurationError(f"Unsupported type: '{type(value).__name__}'")
-    return FOREVER if seconds < 0 else seconds
+    # Past what Go's duration holds, as good as forever (Go's own overflow would unload at once).
+    return FOREVER if seconds < 0 or seconds > MAX_SECONDS else seconds
 
 
 def parse_env_keep_alive(text: str) -> float:

@@ -6,6 +6,7 @@
     │   ├── OptionError              400 an option of the wrong type
     │   └── CapabilityError          400 the model can't do what was asked
     ├── NotFoundError           404  unknown model, blob or route object
+    ├── PayloadTooLargeError    413  a body over CORRAL_MAX_REQUEST_BODY
     ├── RequestCanceledError    499  the client left while the request waited
     ├── ServerBusyError         503  a bounded queue is full (adds Retry-After)
     ├── UpstreamError           502  a registry or worker could not be reached
@@ -55,6 +56,13 @@ class NotFoundError(CorralError):
     status = 404
 
 
+class PayloadTooLargeError(CorralError):
+    status = 413
+
+    def __init__(self, message: str = "http: request body too large") -> None:  # Go's MaxBytesError
+        super().__init__(message)
+
+
 class RequestCanceledError(CorralError):
     status = 499
 
@@ -98,7 +106,7 @@ def embed_model_not_found(model: str) -> NotFoundError:
 
 # /v1 error envelope: the type follows the status, as Ollama's middleware does.
 def openai_error_type(status: int) -> str:
-    if status == 400:
+    if status in (400, 413):
         return "invalid_request_error"
     if status == 404:
         return "not_found_error"

@@ -14,6 +14,8 @@ import fnmatch
 import ipaddress
 import json
 import logging
+import re
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,15 +26,14 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from corral.api.errors import BadRequestError, CorralError, RequestCanceledError, error_body
+from corral.api.errors import CorralError, PayloadTooLargeError, RequestCanceledError, error_body
+from corral.api.gojson import Struct
 from corral.api.streams import ndjson_line
 
 logger = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
 JSON_UTF8 = "application/json; charset=utf-8"
-# Bounded: nothing an API call legitimately sends as JSON comes near this.
-MAX_JSON_BODY = 64 * 1024 * 1024
 
 
 def is_openai(request_or_path: Request | str) -> bool:
@@ -52,82 +53,20 @@ def error_response(exc: CorralError, *, openai: bool) -> Response:
 
 # -- request bodies ----------------------------------------------------------------------
 
-_GO_TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "bool", int: "number", float: "number"}
+# A body this large is decoded in a thread: a megabyte of JSON takes the loop ~10 ms.
+_DECODE_IN_THREAD = 256 * 1024
 
 
-def _go_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    for py_type, name in _GO_TYPE_NAMES.items():
-        if type(value) is py_type:
-            return name
-    return "value"
+async def read_json(request: Request, shape: Struct) -> dict[str, Any]:
+    """The request's body decoded as Go decodes it into ``shape`` (``corral.api.requests``):
+    Ollama's messages for empty, malformed and mistyped bodies."""
+    return await decode_json(await request.body(), shape)
 
 
-async def read_json(request: Request, *, struct: str = "Request") -> dict[str, Any]:
-    """The request's JSON object, with Ollama's messages for empty and malformed bodies."""
-    return parse_json_body(await request.body(), struct=struct)
-
-
-def parse_json_body(body: bytes, *, struct: str = "Request") -> dict[str, Any]:
-    if len(body) > MAX_JSON_BODY:
-        raise BadRequestError("http: request body too large")
-    if not body.strip():
-        raise BadRequestError("missing request body")
-    try:
-        value = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise BadRequestError(_go_json_error(exc)) from exc
-    except UnicodeDecodeError as exc:
-        raise BadRequestError("invalid character in request body") from exc
-    if not isinstance(value, dict):
-        raise BadRequestError(f"json: cannot unmarshal {_go_kind(value)} into Go value of type api.{struct}")
-    return value
-
-
-# Python's decoder complaints and the words Go's encoding/json uses for the same mistake.
-_GO_JSON_CONTEXT = {
-    "Expecting property name enclosed in double quotes": "looking for beginning of object key string",
-    "Expecting ':' delimiter": "after object key",
-    "Expecting value": "looking for beginning of value",
-}
-
-
-def _go_json_error(exc: json.JSONDecodeError) -> str:
-    if exc.pos >= len(exc.doc.rstrip()):
-        return "unexpected EOF"
-    char = exc.doc[exc.pos]
-    if exc.msg == "Expecting ',' delimiter":
-        # Go names the container it was in; find the innermost open one before pos.
-        depth_obj = exc.doc.rfind("{", 0, exc.pos) > exc.doc.rfind("[", 0, exc.pos)
-        where = "after object key:value pair" if depth_obj else "after array element"
-    elif exc.msg == "Extra data":
-        where = "after top-level value"
-    else:
-        where = _GO_JSON_CONTEXT.get(exc.msg, "looking for beginning of value")
-    shown = "'\\''" if char == "'" else f"'{char}'"
-    return f"invalid character {shown} {where}"
-
-
-def check_fields(body: dict[str, Any], fields: dict[str, tuple[type, str]], *, struct: str) -> None:
-    """Go's decoder rejects a field of the wrong JSON type; so do we, with its message.
-
-    ``fields`` maps a field to (the Python type its JSON must decode to, Go's type name).
-    """
-    for name, (expected, go_type) in fields.items():
-        value = body.get(name)
-        if value is None:
-            continue
-        if expected is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif expected is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, expected)
-        if not ok:
-            raise BadRequestError(
-                f"json: cannot unmarshal {_go_kind(value)} into Go struct field {struct}.{name} of type {go_type}"
-            )
+async def decode_json(body: bytes, shape: Struct) -> dict[str, Any]:
+    if len(body) > _DECODE_IN_THREAD:
+        return await asyncio.to_thread(shape.decode, body)
+    return shape.decode(body)
 
 
 # -- streaming ---------------------------------------------------------------------------
@@ -219,6 +158,91 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             return PlainTextResponse("405 method not allowed", status_code=405)
         return PlainTextResponse(str(exc.detail), status_code=exc.status_code)
+
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+
+
+def request_id(scope: Scope) -> str:
+    """The request's id for the logs: the proxy's ``X-Request-Id`` when it is a sane one, else new."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+            return value.decode()
+    return secrets.token_hex(8)
+
+
+class LastResortMiddleware:
+    """Anything a handler did not expect becomes a 500 in the route's own format (Ollama's
+    ``{"error"}``, the OpenAI envelope under ``/v1``), logged once with a request id.
+
+    Starlette's own last resort answers in plain text and raises again, and uvicorn then closes
+    the connection: a proxy reusing it (nginx's upstream keep-alive) meets a reset on its next
+    request and marks this server down. Here the exception ends with the response, so the
+    connection stays usable. Once a response has started nothing can be said in its place: the
+    exception goes on, and uvicorn cuts the connection, which is all a client can be told then
+    (streams say it themselves first: ``ndjson_stream``, ``sse_stream``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            ident = request_id(scope)
+            logger.error("unhandled error in %s %s (request id %s)", scope["method"], scope["path"], ident,
+                         exc_info=exc)
+            if started:
+                raise
+            error = CorralError(f"internal error (request id {ident})")
+            response = error_response(error, openai=is_openai(scope["path"]))
+            response.headers["X-Request-Id"] = ident
+            await response(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Bodies over ``limit`` bytes get 413 in the route's format: at once when Content-Length
+    says so, else when the stream passes the limit (``PayloadTooLargeError`` out of
+    ``receive``, answered by the handlers' error mapping). Blob uploads are exempt: they are
+    streamed to disk, digest-checked, and may be many gigabytes."""
+
+    EXEMPT = ("/api/blobs/",)
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.EXEMPT):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await answer_error(scope["method"], scope["path"], PayloadTooLargeError())(scope, receive, send)
+                return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLargeError()
+            return message
+
+        await self.app(scope, counted, send)
 
 
 # -- CORS and the Host check (Ollama's DNS-rebinding guard) ---------------------------------
@@ -326,10 +350,6 @@ class OllamaAccessMiddleware:
 
 T = TypeVar("T")
 
-# Field types as Go's decoder checks them: (JSON type, Go type name for the error message).
-GO_STRING, GO_BOOL, GO_INT = (str, "string"), (bool, "bool"), (int, "int")
-GO_OPTIONS = (dict, "map[string]interface {}")
-
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Run ``work``, cancelling it if the client goes away first (queued or generating)."""
@@ -380,11 +400,15 @@ class RequestMetricsMiddleware:
 
 def serve_ollama_api(app: FastAPI, settings: Any, metrics: Any) -> None:
     """What every service serving the Ollama API adds around its routes: the one error
-    mapping, Ollama's CORS and Host checks (``settings``: a CommonSettings), request metrics."""
+    mapping, the body limit, Ollama's CORS and Host checks (``settings``: a CommonSettings),
+    request metrics, and the last resort for anything unexpected (outermost but for the
+    metrics, which count its 500s)."""
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_body)
     app.add_middleware(
         OllamaAccessMiddleware,
         origins=settings.OLLAMA_ORIGINS,
         loopback_only=settings.listen.host in ("127.0.0.1", "localhost", "::1"),
     )
+    app.add_middleware(LastResortMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)

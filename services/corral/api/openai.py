@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from corral.api.errors import BadRequestError, openai_error_body
+from corral.api.gojson import INT64_MAX, INT64_MIN, json_kind
 from corral.api.streams import SSE_DONE, dumps, parse_time, sse_event
 
 SYSTEM_FINGERPRINT = "fp_ollama"
@@ -82,19 +83,6 @@ def new_completion_id() -> str:
 # -- reading bodies with Go's type errors -------------------------------------
 
 
-def _json_kind(value: Any) -> str:
-    """How Go's UnmarshalTypeError names a JSON value."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
 def _go_type(value: Any) -> str:
     """Go's ``%T`` for a value ``encoding/json`` decoded into ``any``."""
     if value is None:
@@ -133,17 +121,17 @@ class _Fields:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self._type_error(key, _json_kind(value), go_type)
+            raise self._type_error(key, json_kind(value), go_type)
         return value
 
     def integer(self, key: str) -> int | None:
         value = self._obj.get(key)
         if value is None:
             return None
-        if isinstance(value, float):
+        if isinstance(value, float) or (isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX):
             raise self._type_error(key, f"number {value!r}", "int")
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self._type_error(key, _json_kind(value), "int")
+            raise self._type_error(key, json_kind(value), "int")
         return value
 
     def array(self, key: str, go_type: str) -> list[Any] | None:
@@ -157,7 +145,7 @@ class _Fields:
         out = []
         for item in items:
             if not isinstance(item, dict):
-                raise self._type_error(key, _json_kind(item), go_type)
+                raise self._type_error(key, json_kind(item), go_type)
             out.append(_Fields(item, struct_name, self._field(key)))
         return out
 
@@ -173,7 +161,7 @@ class _Fields:
         if value is None:
             return None
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise self._type_error(key, _json_kind(value), go_type)
+            raise self._type_error(key, json_kind(value), go_type)
         return value
 
     def _field(self, key: str) -> str:
@@ -191,7 +179,7 @@ def _body(body: Any, go_type: str) -> _Fields:
         return _Fields({}, go_type.rpartition(".")[2])
     if not isinstance(body, dict):
         raise BadRequestError(
-            f"json: cannot unmarshal {_json_kind(body)} into Go value of type {go_type}"
+            f"json: cannot unmarshal {json_kind(body)} into Go value of type {go_type}"
         )
     return _Fields(body, go_type.rpartition(".")[2])
 

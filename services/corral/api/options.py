@@ -17,6 +17,10 @@ logger = logging.getLogger(__name__)
 Kind = Literal["integer", "float32", "boolean", "string", "array"]
 
 
+INT32_MAX = (1 << 31) - 1
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 @dataclass(frozen=True)
 class Option:
     kind: Kind
@@ -24,16 +28,22 @@ class Option:
     # Load-time ("runner") options change the llama.cpp context: a new value
     # means a reload, exactly as in Ollama's scheduler.
     runner: bool = False
+    # Integers are clamped into [low, high]: llama.cpp takes them as 32-bit C ints, where a
+    # larger value would wrap around (Ollama's Go wraps them too, into nonsense). What a value
+    # means relative to the model (num_ctx, num_batch, num_predict) is bounded by inference.
+    low: int = -INT32_MAX
+    high: int = INT32_MAX
 
 
 OPTIONS: dict[str, Option] = {
     # runner
     "num_ctx": Option("integer", 4096, runner=True),
-    "num_batch": Option("integer", 512, runner=True),
-    "num_gpu": Option("integer", -1, runner=True),
-    "main_gpu": Option("integer", 0, runner=True),
+    "num_batch": Option("integer", 512, runner=True, low=1),
+    "num_gpu": Option("integer", -1, runner=True, low=-1),
+    "main_gpu": Option("integer", 0, runner=True, low=0),
     "use_mmap": Option("boolean", None, runner=True),
-    "num_thread": Option("integer", 0, runner=True),
+    # ggml's own ceiling (GGML_MAX_N_THREADS); 0 means the worker's CORRAL_NUM_THREADS.
+    "num_thread": Option("integer", 0, runner=True, low=0, high=512),
     "draft_num_predict": Option("integer", 4, runner=True),
     # sampling
     "num_keep": Option("integer", 4),
@@ -91,11 +101,11 @@ def _check_value(key: str, option: Option, value: Any) -> Any:
         # JSON numbers arrive as int or float; Go truncates a float into an int field.
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise OptionError(f'option "{key}" must be of type integer')
-        return int(value)
+        return min(max(int(value), option.low), option.high)
     if kind == "float32":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise OptionError(f'option "{key}" must be of type float32')
-        return float(value)
+        return min(max(float(value), -FLOAT32_MAX), FLOAT32_MAX)
     if kind == "boolean":
         if not isinstance(value, bool):
             raise OptionError(f'option "{key}" must be of type boolean')

@@ -30,8 +30,9 @@ from typing import Any
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from corral.api import requests
 from corral.api.errors import BadRequestError, CorralError
-from corral.api.http import MAX_JSON_BODY, answer_error, parse_json_body
+from corral.api.http import answer_error, decode_json
 from corral.api.streams import ndjson_line
 from corral.router.dispatch import HOP_HEADERS, Dispatcher, Downstream, Forwarded
 from corral.router.upstream import UpstreamBroken
@@ -43,10 +44,13 @@ _HOP = {name.encode() for name in HOP_HEADERS}
 # Where the router app (app.py) puts the server's own ``send``, before any middleware wraps it.
 RAW_SEND = "corral.raw_send"
 
+# Each forwarded path and the Go type its body decodes into: a body Ollama would refuse is
+# answered here, as a worker would answer it, without taking a slot.
 FORWARDED = {
-    "/api/generate": "GenerateRequest", "/api/chat": "ChatRequest", "/api/embed": "EmbedRequest",
-    "/api/embeddings": "EmbeddingRequest", "/v1/chat/completions": "ChatCompletionRequest",
-    "/v1/completions": "CompletionRequest", "/v1/embeddings": "EmbedRequest", "/v1/responses": "ResponsesRequest",
+    "/api/generate": requests.GENERATE, "/api/chat": requests.CHAT, "/api/embed": requests.EMBED,
+    "/api/embeddings": requests.EMBEDDING, "/v1/chat/completions": requests.CHAT_COMPLETION,
+    "/v1/completions": requests.COMPLETION, "/v1/embeddings": requests.OPENAI_EMBED,
+    "/v1/responses": requests.RESPONSES,
 }
 
 
@@ -55,14 +59,14 @@ class ForwardEndpoint:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.struct = FORWARDED[path]
+        self.shape = FORWARDED[path]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         dispatcher: Dispatcher = scope["app"].state.dispatcher
         client = Downstream()
         watcher = None
         try:
-            body = parse_json_body(await _read_body(receive), struct=self.struct)
+            body = await decode_json(await _read_body(receive), self.shape)
             watcher = asyncio.ensure_future(_watch(receive, client))
             answer = await dispatcher.forward(client, self.path, body)
             if isinstance(answer, Response):
@@ -77,17 +81,13 @@ class ForwardEndpoint:
 
 
 async def _read_body(receive: Receive) -> bytes:
+    # Bounded by the app's BodyLimitMiddleware (corral.api.http), which counts what receive gives.
     parts = []
-    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise BadRequestError("unexpected EOF")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_JSON_BODY:
-            raise BadRequestError("http: request body too large")
-        parts.append(chunk)
+        parts.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(parts)
 

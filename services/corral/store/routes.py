@@ -15,11 +15,9 @@ from fastapi.responses import Response
 
 from corral.api import openai
 from corral.api.errors import BadRequestError, NotFoundError
+from corral.api import requests
+from corral.api.gojson import Struct
 from corral.api.http import (
-    GO_BOOL,
-    GO_OPTIONS,
-    GO_STRING,
-    check_fields,
     json_response,
     ndjson_stream,
     prime,
@@ -44,19 +42,6 @@ def get_models(request: Request) -> Models:
 ModelsDep = Annotated[Models, Depends(get_models)]
 router = APIRouter()
 
-_STR, _BOOL, _OPTIONS = GO_STRING, GO_BOOL, GO_OPTIONS
-_SHOW_FIELDS = {"model": _STR, "name": _STR, "verbose": _BOOL}
-_COPY_FIELDS = {"source": _STR, "destination": _STR}
-_DELETE_FIELDS = {"model": _STR, "name": _STR}
-_CREATE_FIELDS = {
-    "model": _STR, "name": _STR, "from": _STR, "files": (dict, "map[string]string"),
-    "adapters": (dict, "map[string]string"), "template": _STR, "system": _STR, "parameters": _OPTIONS,
-    "messages": (list, "[]api.Message"), "modelfile": _STR, "path": _STR, "quantize": _STR, "stream": _BOOL,
-}
-# `username`/`password` are deprecated and ignored, as in Ollama; still type-checked.
-_PULL_FIELDS = {"model": _STR, "name": _STR, "insecure": _BOOL, "stream": _BOOL, "username": _STR, "password": _STR}
-
-
 @router.get("/v1/models")
 async def openai_models(state: ModelsDep) -> Response:
     return json_response(openai.model_list(await state.store.tags()))
@@ -77,8 +62,7 @@ async def tags(state: ModelsDep) -> Response:
 
 @router.post("/api/show")
 async def show(request: Request, state: ModelsDep) -> Response:
-    body = await read_json(request, struct="ShowRequest")
-    check_fields(body, _SHOW_FIELDS, struct="ShowRequest")
+    body = await read_json(request, requests.SHOW)
     name = body.get("model") or body.get("name")
     if not name:
         raise BadRequestError("model is required")
@@ -87,16 +71,14 @@ async def show(request: Request, state: ModelsDep) -> Response:
 
 @router.post("/api/copy")
 async def copy(request: Request, state: ModelsDep) -> Response:
-    body = await read_json(request, struct="CopyRequest")
-    check_fields(body, _COPY_FIELDS, struct="CopyRequest")
+    body = await read_json(request, requests.COPY)
     await state.store.copy(body.get("source") or "", body.get("destination") or "")
     return Response(status_code=200)
 
 
 @router.delete("/api/delete")
 async def delete(request: Request, state: ModelsDep) -> Response:
-    body = await read_json(request, struct="DeleteRequest")
-    check_fields(body, _DELETE_FIELDS, struct="DeleteRequest")
+    body = await read_json(request, requests.DELETE)
     name = body.get("model") or body.get("name") or ""
     await state.store.delete(name)
     return Response(status_code=200)
@@ -104,24 +86,22 @@ async def delete(request: Request, state: ModelsDep) -> Response:
 
 @router.post("/api/create")
 async def create(request: Request, state: ModelsDep) -> Response:
-    body = await read_json(request, struct="CreateRequest")
-    check_fields(body, _CREATE_FIELDS, struct="CreateRequest")
+    body = await read_json(request, requests.CREATE)
     return await _progress_response(request, body, state.store.create(body))
 
 
 @router.post("/api/pull")
 async def pull(request: Request, state: ModelsDep) -> Response:
-    return await _registry_transfer(request, state, "PullRequest", pull_model)
+    return await _registry_transfer(request, state, requests.PULL, pull_model)
 
 
 @router.post("/api/push")
 async def push(request: Request, state: ModelsDep) -> Response:
-    return await _registry_transfer(request, state, "PushRequest", push_model)
+    return await _registry_transfer(request, state, requests.PUSH, push_model)
 
 
-async def _registry_transfer(request: Request, state: Models, struct: str, run: Callable[..., Any]) -> Response:
-    body = await read_json(request, struct=struct)
-    check_fields(body, _PULL_FIELDS, struct=struct)
+async def _registry_transfer(request: Request, state: Models, shape: Struct, run: Callable[..., Any]) -> Response:
+    body = await read_json(request, shape)
     model = body.get("model") or body.get("name")
     progress = run(state.registries, state.store, model, insecure=bool(body.get("insecure")))
     return await _progress_response(request, body, progress)

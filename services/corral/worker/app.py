@@ -154,7 +154,7 @@ def create_app(settings: WorkerSettings) -> FastAPI:
         )
         store, models = cluster_stores(settings, local, registries, inspector, scheduler)
         inference = Inference(
-            store=models, scheduler=scheduler, settings=settings, metrics=metrics, describe=inspector.describe
+            store=models, scheduler=scheduler, settings=settings, metrics=metrics, inspector=inspector
         )
         app.state.worker = app.state.models = WorkerState(settings, store, scheduler, inference, metrics, registries)
         try:

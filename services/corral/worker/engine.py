@@ -63,6 +63,10 @@ class EngineError(RuntimeError):
     """llama.cpp refused to load or decode."""
 
 
+class GrammarError(EngineError):
+    """llama.cpp could not compile a request's grammar: the request's fault, not the engine's."""
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """Everything that fixes a llama.cpp context; a change means a reload."""
@@ -116,6 +120,7 @@ class Done:
 @dataclass
 class Failed:
     message: str
+    bad_request: bool = False  # the job itself was at fault (its grammar): a 400, not a 500
 
 
 Event = Token | Done | Failed
@@ -437,7 +442,7 @@ class Engine:
             except Exception as exc:
                 slot.job = None
                 self._free_sampler(slot)
-                self._emit(job, Failed(str(exc)))
+                self._emit(job, Failed(str(exc), bad_request=isinstance(exc, GrammarError)))
         return left
 
     def _start(self, slot: _Slot, job: GenerateJob) -> None:
@@ -491,7 +496,7 @@ class Engine:
             grammar = lc.llama_sampler_init_grammar(self.model.vocab, s.grammar.encode(), b"root")
             if not grammar:
                 lc.llama_sampler_free(chain)
-                raise EngineError("invalid grammar")
+                raise GrammarError("invalid format: llama.cpp could not compile its grammar")
             add(grammar)
         if s.repeat_last_n != 0 and (
             s.repeat_penalty != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0

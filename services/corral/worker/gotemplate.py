@@ -376,6 +376,10 @@ def _sprintf(format_: str, *args: Any) -> str:
         i = spec.end()
         w = star() if width == "*" else int(width) if width else None
         p = None if prec is None else star() if prec == "*" else int(prec or 0)
+        if any(n is not None and abs(n) > _FMT_TOO_LARGE for n in (w, p)):
+            # Go gives up on the rest of the format (a "crazy long number", says fmt).
+            out.append("%!(NOVERB)")
+            break
         if verb == "%":
             out.append("%")
         elif not verb:
@@ -1719,6 +1723,34 @@ class _ContinueSignal(Exception):
 
 
 _MAX_TEMPLATE_DEPTH = 100
+# A template may come from the client (``template`` on /api/generate, /api/create), so its
+# execution is bounded: ``{{range 1000000000}}`` or a printf padded to ten million, repeated,
+# must end in an error, not in minutes of CPU and gigabytes of output.
+MAX_RANGE_STEPS = 1_000_000
+MAX_OUTPUT_CHARS = 128 << 20
+_FMT_TOO_LARGE = 1_000_000  # Go's fmt: a width or precision past this is refused (tooLarge)
+
+
+class _Output(list):
+    """The rendered pieces, with the budget of one render: output size and range iterations."""
+
+    __slots__ = ("chars", "steps")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chars = 0
+        self.steps = 0
+
+    def append(self, piece: str) -> None:
+        self.chars += len(piece)
+        if self.chars > MAX_OUTPUT_CHARS:
+            raise TemplateExecError(f"template: output exceeds {MAX_OUTPUT_CHARS} characters")
+        super().append(piece)
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > MAX_RANGE_STEPS:
+            raise TemplateExecError(f"template: range exceeds {MAX_RANGE_STEPS} iterations")
 
 
 class _State:
@@ -1727,7 +1759,7 @@ class _State:
     __slots__ = ("depth", "name", "out", "tmpl", "vars")
 
     def __init__(
-        self, tmpl: Template, name: str, out: list[str], dot: Any, depth: int
+        self, tmpl: Template, name: str, out: _Output, dot: Any, depth: int
     ) -> None:
         self.tmpl, self.name, self.out, self.depth = tmpl, name, out, depth
         # A stack of [name, value]; "$" is the invocation's data.  No dynamic
@@ -1810,6 +1842,7 @@ class _State:
         ran = False
         try:
             for key, elem in items:
+                self.out.step()
                 ran = True
                 if decl:
                     if is_assign:
@@ -2123,7 +2156,10 @@ class Template:
                 raise TypeError(f"template function {name!r} is not callable")
             table[name] = fn
         self._source = source
-        self._trees = _Parser(source, table).parse()
+        try:
+            self._trees = _Parser(source, table).parse()
+        except RecursionError:  # Go's parser has a depth limit (10,000) too; ours is Python's
+            raise TemplateError("template: :1: max expression depth exceeded") from None
         self._root = self._trees.get("", [])
         self._fields = frozenset(_root_fields(self._trees))
 
@@ -2133,7 +2169,7 @@ class Template:
 
     def render(self, data: Any) -> str:
         """Execute the template with `data` as dot; raises TemplateExecError."""
-        out: list[str] = []
+        out = _Output()
         try:
             _State(self, "", out, data, 0).walk(data, self._root)
         except RecursionError:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
+import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from corral.api.durations import parse_keep_alive
 from corral.api.errors import (
@@ -39,7 +41,15 @@ from corral.worker.scheduler import Lease, Scheduler
 from corral.worker.settings import WorkerSettings
 from corral.worker.textstream import TextStream, ThinkingSplitter
 
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
 _THINK_LEVELS = ("high", "medium", "low", "max")
+# Prompt text longer than this is rendered and tokenized in a thread, not on the event loop: a
+# megabyte takes the tokenizer ~0.5 s, during which no other request would be answered.
+OFF_LOOP_CHARS = 64 * 1024
+# Ollama's bound on open-ended generation (num_predict < 0, or more than this): ten contexts.
+PREDICT_CONTEXTS = 10
 
 
 @dataclass
@@ -50,17 +60,19 @@ class Model:
     record: Any
     template: ChatTemplate
     capabilities: list[str]
+    context_length: int | None = None  # what it was trained for (its GGUF's), when known
 
 
 class Inference:
     def __init__(self, *, store: Any, scheduler: Scheduler, settings: WorkerSettings, metrics: WorkerMetrics,
-                 describe: Any) -> None:
+                 inspector: Any) -> None:
         self.store = store
         self.scheduler = scheduler
         self.settings = settings
         self.metrics = metrics
-        # describe(record) -> (ChatTemplate, capabilities); shared with /api/show and /api/tags.
-        self._describe = describe
+        # What a record is: describe(record) -> (ChatTemplate, capabilities), shared with /api/show
+        # and /api/tags; gguf(record) -> its parsed header.
+        self._inspector = inspector
 
     # -- resolution and checks ---------------------------------------------------------
 
@@ -77,19 +89,28 @@ class Inference:
             raise (embed_model_not_found(name) if embed else model_not_found(name)) from None
         if record.model_path is None:
             raise BadRequestError(f"model '{name}' has no weights to run")
-        template, caps = self._describe(record)
-        return Model(name, record, template, caps)
+        template, caps = self._inspector.describe(record)
+        info = self._inspector.gguf(record)
+        return Model(name, record, template, caps, info.context_length if info is not None else None)
 
     def _options(self, model: Model, request_options: Any) -> dict[str, Any]:
-        merged = {k: v for k, v in model.record.params.items() if k in OPTIONS}
+        # The Modelfile's parameters go through the same checks and bounds as the request's.
+        merged = validate_options({k: v for k, v in model.record.params.items() if k in OPTIONS})
         merged.update(validate_options(request_options))
         return merged
 
-    def _load_options(self, options: dict[str, Any], *, embedding: bool = False) -> eng.LoadOptions:
+    def _load_options(self, model: Model, options: dict[str, Any], *, embedding: bool = False) -> eng.LoadOptions:
         s = self.settings
+        num_ctx = max(4, int(options.get("num_ctx") or s.default_num_ctx))
+        if model.context_length and num_ctx > model.context_length:
+            # As Ollama does: a context beyond what the model was trained for is clamped (a
+            # num_ctx of a billion would otherwise allocate a KV cache for it).
+            logger.warning("requested context size too large for model: num_ctx=%d n_ctx_train=%d",
+                           num_ctx, model.context_length)
+            num_ctx = model.context_length
         return eng.LoadOptions(
-            num_ctx=max(4, int(options.get("num_ctx") or s.default_num_ctx)),
-            num_batch=int(options.get("num_batch") or 512),
+            num_ctx=num_ctx,
+            num_batch=min(int(options.get("num_batch") or 512), num_ctx),
             num_gpu=int(options.get("num_gpu", -1)),
             use_mmap=options.get("use_mmap"),
             num_thread=int(options.get("num_thread") or 0),
@@ -123,10 +144,12 @@ class Inference:
             return None
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value in _THINK_LEVELS:
+        if not isinstance(value, str):
+            raise BadRequestError('think must be a boolean or string ("high", "medium", "low", "max", true, or false)')
+        if value in _THINK_LEVELS:
             return True
-        shown = f'"{value}"' if isinstance(value, str) else str(value)
-        raise BadRequestError(f'invalid think value: {shown} (must be "high", "medium", "low", "max", true, or false)')
+        raise BadRequestError(f'invalid think value: {json.dumps(value, ensure_ascii=False)} '
+                              '(must be "high", "medium", "low", "max", true, or false)')
 
     @staticmethod
     def _check_think(model: Model, name: str, think: bool | None) -> bool | None:
@@ -188,16 +211,15 @@ class Inference:
             raise CapabilityError(f'"{name}" does not support vision')
         options = self._options(model, body.get("options"))
         keep_alive = parse_keep_alive(body.get("keep_alive"))
-        grammar = format_grammar(body.get("format"))
+        grammar = await _grammar(body.get("format"))
         prompt = body.get("prompt") or ""
-        load = self._load_options(options)
+        load = self._load_options(model, options)
 
         if not prompt and not suffix:
             yield await self._load_or_unload(model, load, keep_alive, {"response": ""})
             return
 
-        context = body.get("context")
-        prefix = [int(t) for t in context] if isinstance(context, list) else []
+        prefix = list(body.get("context") or [])  # ints: checked against the vocabulary once loaded
         if raw:
             text = prompt
         else:
@@ -217,7 +239,10 @@ class Inference:
 
         lease = await self._acquire(model, load, keep_alive)
         try:
-            tokens = prefix + lease.runner.engine.model.tokenize(text, add_special=not prefix)
+            llama = lease.runner.engine.model
+            if any(not 0 <= t < llama.n_vocab for t in prefix):
+                raise BadRequestError("context holds a token outside the model's vocabulary")
+            tokens = prefix + await _off_loop(len(text), llama.tokenize, text, add_special=not prefix)
             sampling = self._sampling(options, grammar)
             async for chunk in self._run(
                 lease, name, tokens, sampling, options, body, started, kind="generate", tools=None, raw=raw,
@@ -257,8 +282,8 @@ class Inference:
             raise CapabilityError(f'"{name}" does not support vision')
         options = self._options(model, body.get("options"))
         keep_alive = parse_keep_alive(body.get("keep_alive"))
-        grammar = format_grammar(body.get("format"))
-        load = self._load_options(options)
+        grammar = await _grammar(body.get("format"))
+        load = self._load_options(model, options)
 
         if not messages:
             yield await self._load_or_unload(model, load, keep_alive, {"message": {"role": "assistant", "content": ""}})
@@ -275,8 +300,9 @@ class Inference:
         lease = await self._acquire(model, load, keep_alive)
         try:
             llama = lease.runner.engine.model
-            tokens = self._fit_chat(
-                llama, model.template, history, tools, think,
+            size = sum(len(m.get("content") or "") for m in history)
+            tokens = await _off_loop(
+                size, self._fit_chat, llama, model.template, history, tools, think,
                 limit=load.num_ctx - 1, truncate=body.get("truncate", True) is not False,
             )
             sampling = self._sampling(options, grammar)
@@ -324,6 +350,8 @@ class Inference:
             raise BadRequestError("json: cannot unmarshal messages: expected an array")
         out = []
         for m in value:
+            if m is None:
+                m = {}  # Go decodes null into an empty message
             if not isinstance(m, dict):
                 raise BadRequestError("json: cannot unmarshal message: expected an object")
             role = m.get("role", "")
@@ -397,7 +425,7 @@ class Inference:
             # The engine posts each step's events to this loop in one handoff.
             emit=events.put_nowait,
             post=loop.call_soon_threadsafe,
-            num_predict=int(options.get("num_predict", -1)),
+            num_predict=_bounded_predict(int(options.get("num_predict", -1)), lease.runner.engine.n_ctx),
             num_keep=int(options.get("num_keep", 4)),
             shift=body.get("shift", True) is not False,
             top_logprobs=int(body.get("top_logprobs") or 0) if body.get("logprobs") else -1,
@@ -420,7 +448,7 @@ class Inference:
             while True:
                 ev = await events.get()
                 if isinstance(ev, eng.Failed):
-                    raise CorralError(ev.message)
+                    raise (BadRequestError if ev.bad_request else CorralError)(ev.message)
                 if isinstance(ev, eng.Done):
                     done = ev
                     break
@@ -551,7 +579,7 @@ class Inference:
             raise BadRequestError("dimensions must be a positive integer")
         options = self._options(model, body.get("options"))
         keep_alive = parse_keep_alive(body.get("keep_alive"))
-        load = self._load_options(options, embedding="embedding" in model.capabilities)
+        load = self._load_options(model, options, embedding="embedding" in model.capabilities)
         if not inputs:
             await self.scheduler.load(model.record, load, keep_alive)
             return {"model": name, "embeddings": []}
@@ -559,14 +587,12 @@ class Inference:
         acquired = time.perf_counter()
         try:
             llama = lease.runner.engine.model
-            token_lists = []
-            for text in inputs:
-                tokens = llama.tokenize(text, add_special=True)
+            token_lists = await _off_loop(sum(map(len, inputs)), _tokenize_all, llama, inputs)
+            for i, tokens in enumerate(token_lists):
                 if len(tokens) > load.num_ctx:
                     if body.get("truncate") is False:
                         raise BadRequestError("the input length exceeds the context length")
-                    tokens = tokens[: load.num_ctx]
-                token_lists.append(tokens)
+                    token_lists[i] = tokens[: load.num_ctx]
             vectors = await self._embed_tokens(lease, token_lists)
         finally:
             lease.release()
@@ -588,13 +614,14 @@ class Inference:
             raise BadRequestError("prompt must be a string")
         options = self._options(model, body.get("options"))
         keep_alive = parse_keep_alive(body.get("keep_alive"))
-        load = self._load_options(options, embedding="embedding" in model.capabilities)
+        load = self._load_options(model, options, embedding="embedding" in model.capabilities)
         if not prompt:
             await self.scheduler.load(model.record, load, keep_alive)
             return {"embedding": []}
         lease = await self._acquire(model, load, keep_alive)
         try:
-            tokens = lease.runner.engine.model.tokenize(prompt, add_special=True)[: load.num_ctx]
+            llama = lease.runner.engine.model
+            tokens = (await _off_loop(len(prompt), llama.tokenize, prompt, add_special=True))[: load.num_ctx]
             (vector,) = await self._embed_tokens(lease, [tokens])
         finally:
             lease.release()
@@ -612,6 +639,30 @@ class Inference:
         if isinstance(result, Exception):
             raise CorralError(str(result)) from result
         return result
+
+
+async def _off_loop(size: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args)``, in a thread when its input (``size`` characters) is long enough to hold the
+    event loop up; short ones stay here, where a thread hop would only add to the first token."""
+    if size > OFF_LOOP_CHARS:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
+
+
+async def _grammar(fmt: Any) -> str | None:
+    # A schema's conversion is Python work proportional to the schema: off the loop.
+    return await asyncio.to_thread(format_grammar, fmt) if isinstance(fmt, dict) else format_grammar(fmt)
+
+
+def _tokenize_all(llama: Any, texts: list[str]) -> list[list[int]]:
+    return [llama.tokenize(text, add_special=True) for text in texts]
+
+
+def _bounded_predict(num_predict: int, num_ctx: int) -> int:
+    """Ollama's ceiling on generation: open-ended (negative) or longer than ten contexts means
+    ten contexts, so no request runs forever on context shifts."""
+    ceiling = PREDICT_CONTEXTS * num_ctx
+    return ceiling if num_predict < 0 or num_predict > ceiling else num_predict
 
 
 def _opens_thinking(prompt_end: str) -> bool:

@@ -233,6 +233,9 @@ class ChatTemplate:
             )
         except JinjaTemplateError as exc:
             raise BadRequestError(f"template error: {exc}") from exc
+        except (TypeError, ValueError, LookupError, AttributeError, RecursionError) as exc:
+            # The model's template met message values it did not expect (they are the client's).
+            raise BadRequestError(f"template error: {type(exc).__name__}: {exc}") from exc
 
 
 def _think_values(think: bool | None) -> dict[str, Any]:

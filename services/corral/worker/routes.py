@@ -18,12 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from corral.api import openai
 from corral.api import responses as openai_responses
+from corral.api import requests
 from corral.api.http import (
-    GO_BOOL,
-    GO_INT,
-    GO_OPTIONS,
-    GO_STRING,
-    check_fields,
     json_response,
     ndjson_stream,
     prime,
@@ -31,6 +27,7 @@ from corral.api.http import (
     sse_stream,
     until_disconnect,
 )
+from corral.api.gojson import Struct
 from corral.api.streams import format_time
 from corral.worker.state import WorkerState
 
@@ -43,20 +40,6 @@ def get_state(request: Request) -> WorkerState:
 
 StateDep = Annotated[WorkerState, Depends(get_state)]
 router = APIRouter()
-
-_STR, _BOOL, _INT, _OPTIONS = GO_STRING, GO_BOOL, GO_INT, GO_OPTIONS
-_GENERATE_FIELDS = {
-    "model": _STR, "prompt": _STR, "suffix": _STR, "system": _STR, "template": _STR, "context": (list, "[]int"),
-    "stream": _BOOL, "raw": _BOOL, "images": (list, "[]api.ImageData"), "options": _OPTIONS,
-    "truncate": _BOOL, "shift": _BOOL, "logprobs": _BOOL, "top_logprobs": _INT,
-}
-_CHAT_FIELDS = {
-    "model": _STR, "messages": (list, "[]api.Message"), "tools": (list, "api.Tools"), "stream": _BOOL,
-    "options": _OPTIONS, "truncate": _BOOL, "shift": _BOOL, "logprobs": _BOOL, "top_logprobs": _INT,
-}
-_EMBED_FIELDS = {"model": _STR, "truncate": _BOOL, "dimensions": _INT, "options": _OPTIONS}
-_EMBEDDING_FIELDS = {"model": _STR, "prompt": _STR, "options": _OPTIONS}
-
 
 async def _collect(chunks: AsyncIterator[dict[str, Any]], kind: str) -> dict[str, Any]:
     """A whole native stream folded into the one object ``stream: false`` returns."""
@@ -123,29 +106,25 @@ async def metrics(state: StateDep) -> Response:
 
 @router.post("/api/generate")
 async def generate(request: Request, state: StateDep) -> Response:
-    body = await read_json(request, struct="GenerateRequest")
-    check_fields(body, _GENERATE_FIELDS, struct="GenerateRequest")
+    body = await read_json(request, requests.GENERATE)
     return await _native(request, state, body, "generate")
 
 
 @router.post("/api/chat")
 async def chat(request: Request, state: StateDep) -> Response:
-    body = await read_json(request, struct="ChatRequest")
-    check_fields(body, _CHAT_FIELDS, struct="ChatRequest")
+    body = await read_json(request, requests.CHAT)
     return await _native(request, state, body, "chat")
 
 
 @router.post("/api/embed")
 async def embed(request: Request, state: StateDep) -> Response:
-    body = await read_json(request, struct="EmbedRequest")
-    check_fields(body, _EMBED_FIELDS, struct="EmbedRequest")
+    body = await read_json(request, requests.EMBED)
     return json_response(await until_disconnect(request, state.inference.embed(body)))
 
 
 @router.post("/api/embeddings")
 async def embeddings(request: Request, state: StateDep) -> Response:
-    body = await read_json(request, struct="EmbeddingRequest")
-    check_fields(body, _EMBEDDING_FIELDS, struct="EmbeddingRequest")
+    body = await read_json(request, requests.EMBEDDING)
     return json_response(await until_disconnect(request, state.inference.embeddings(body)))
 
 
@@ -156,7 +135,7 @@ async def embeddings(request: Request, state: StateDep) -> Response:
 class _OpenAIFlavour:
     """How one /v1 completion endpoint maps onto a native one."""
 
-    struct: str
+    shape: Struct
     to_native: Callable[[Any], dict[str, Any]]
     new_id: Callable[[], str]
     kind: str  # the native endpoint: "chat" or "generate"
@@ -165,16 +144,16 @@ class _OpenAIFlavour:
 
 
 _CHAT_COMPLETIONS = _OpenAIFlavour(
-    "ChatCompletionRequest", openai.chat_request, openai.new_chat_id, "chat", openai.chat_response, openai.ChatStream
+    requests.CHAT_COMPLETION, openai.chat_request, openai.new_chat_id, "chat", openai.chat_response, openai.ChatStream
 )
 _COMPLETIONS = _OpenAIFlavour(
-    "CompletionRequest", openai.completion_request, openai.new_completion_id, "generate",
+    requests.COMPLETION, openai.completion_request, openai.new_completion_id, "generate",
     openai.completion_response, openai.CompletionStream,
 )
 
 
 async def _openai_completion(request: Request, state: WorkerState, flavour: _OpenAIFlavour) -> Response:
-    body = await read_json(request, struct=flavour.struct)
+    body = await read_json(request, flavour.shape)
     native = flavour.to_native(body)
     run = state.inference.chat if flavour.kind == "chat" else state.inference.generate
     model = body.get("model") or ""
@@ -199,7 +178,7 @@ async def completions(request: Request, state: StateDep) -> Response:
 
 @router.post("/v1/responses")
 async def responses(request: Request, state: StateDep) -> Response:
-    body = await read_json(request, struct="ResponsesRequest")
+    body = await read_json(request, requests.RESPONSES)
     native = openai_responses.responses_request(body)
     model = body.get("model") or ""
     ident, created = openai_responses.new_response_id(), int(time.time())
@@ -221,7 +200,7 @@ async def _translate(chunks: AsyncIterator[dict[str, Any]], feed: Any) -> AsyncI
 
 @router.post("/v1/embeddings")
 async def openai_embeddings(request: Request, state: StateDep) -> Response:
-    body = await read_json(request, struct="EmbedRequest")
+    body = await read_json(request, requests.OPENAI_EMBED)
     native, encoding = openai.embedding_request(body)
     result = await until_disconnect(request, state.inference.embed(native))
     return json_response(openai.embedding_response(result, model=body.get("model") or "", encoding_format=encoding))

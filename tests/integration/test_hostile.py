@@ -1,0 +1,181 @@
+"""No request takes Corral down: hostile bodies, odd paths, oversized and slow requests.
+
+A seeded, bounded Hypothesis run per group of routes (``tests.hostile``), against a real
+worker and against a real ``corral up`` cluster (through nginx). Every answer must be below
+500 (bar Ollama's own 500 for a failed pull or push) and in the route's own error format;
+after every request ``GET /`` must answer on the same keep-alive connection, so a reset or a
+closed connection fails the run. At the end the server still answers a real generation.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, seed, settings
+
+from tests.conftest import MODEL_NAME, Server, import_model, start_server
+from tests.hostile import BODIES, Probe, Wire, check_answer, odd_requests, probes
+
+BODY_LIMIT = 4 << 20  # CORRAL_MAX_REQUEST_BODY of the servers here
+
+GROUPS = {
+    "generate": [("POST", "/api/generate")],
+    "chat": [("POST", "/api/chat")],
+    "embeddings": [("POST", "/api/embed"), ("POST", "/api/embeddings"), ("POST", "/v1/embeddings")],
+    "openai": [("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/responses")],
+    "models": [("POST", "/api/show"), ("POST", "/api/create"), ("POST", "/api/copy"), ("DELETE", "/api/delete"),
+               ("POST", "/api/pull"), ("POST", "/api/push")],
+}
+EXAMPLES = {"generate": 70, "chat": 70, "embeddings": 50, "openai": 60, "models": 70, "odd": 50}
+
+
+def fuzz(group: str, strategy):
+    """Seeded and bounded: the same requests on every run (whatever the test's source, which
+    ``derandomize`` would hash), in CI's time."""
+    return lambda test: seed(17)(settings(
+        max_examples=EXAMPLES[group], deadline=None, database=None, print_blob=False,
+        suppress_health_check=list(HealthCheck))(given(strategy)(test)))
+
+
+@pytest.fixture(scope="module")
+def target(serving: str, tmp_path_factory: pytest.TempPathFactory, gguf_path: Path, gguf_digest: str) -> Iterator[Server]:
+    """A server of its own (the fuzzed requests create and delete models), the test model in it."""
+    server = start_server(serving, tmp_path_factory.mktemp(f"hostile-{serving}"),
+                          {"OLLAMA_NUM_PARALLEL": "2", "CORRAL_MAX_REQUEST_BODY": str(BODY_LIMIT)})
+    try:
+        import_model(server.url, gguf_path, gguf_digest)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("group", [*GROUPS, "odd"])
+def test_hostile_requests_get_a_4xx_and_keep_the_connection(target: Server, group: str):
+    wire = Wire(target.url)
+    strategy = odd_requests() if group == "odd" else probes(GROUPS[group])
+    statuses: list[int] = []
+
+    @fuzz(group, strategy)
+    def run(probe: Probe) -> None:
+        status, headers, body = wire.send(probe)
+        statuses.append(status)
+        check_answer(probe, status, headers, body)
+        wire.alive()
+
+    try:
+        run()
+    finally:
+        wire.close()
+    assert set(GROUPS) | {"odd"} == set(EXAMPLES) and {r for g in GROUPS.values() for r in g} == set(BODIES)
+    # The run reached the models too, not only the checks in front of them.
+    if group in ("generate", "chat", "embeddings", "openai"):
+        assert statuses.count(200) >= 3, sorted(statuses)
+
+
+def test_the_server_still_answers_after_the_fuzzing(target: Server):
+    r = httpx.post(target.url + "/api/generate", timeout=60, json={
+        "model": MODEL_NAME, "prompt": "Say hello.", "stream": False, "options": {"temperature": 0, "num_predict": 4}})
+    assert r.status_code == 200, r.text
+    assert r.json()["done"] is True and r.json()["eval_count"] == 4 and r.json()["response"]
+    # Nothing reached the last-resort handler: every failure had its own 4xx.
+    assert "unhandled error" not in target.log()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/api/create"])
+def test_a_body_over_the_limit_is_413_in_the_routes_format(target: Server, path: str, chunked: bool):
+    body = json.dumps({"model": MODEL_NAME, "messages": [{"role": "user", "content": "x" * BODY_LIMIT}]}).encode()
+    wire = Wire(target.url)
+    try:
+        wire.conn.putrequest("POST", path)
+        wire.conn.putheader("Content-Type", "application/json")
+        if chunked:
+            wire.conn.putheader("Transfer-Encoding", "chunked")
+            wire.conn.endheaders()
+            for at in range(0, len(body), 1 << 16):
+                piece = body[at:at + (1 << 16)]
+                try:
+                    wire.conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+                except OSError:
+                    break  # the server answered and stopped reading: fine, its answer is below
+            else:
+                wire.conn.send(b"0\r\n\r\n")
+        else:
+            wire.conn.putheader("Content-Length", str(len(body)))
+            wire.conn.endheaders()
+        r = wire.conn.getresponse()
+        data = r.read()
+        assert r.status == 413, data[:300]
+        error = json.loads(data)["error"]
+        message = error["message"] if path.startswith("/v1/") else error
+        assert message == "http: request body too large"
+    finally:
+        wire.close()
+    # The server is fine, and a body just under the limit still goes through.
+    r = httpx.post(target.url + "/api/show", content=b" " * (BODY_LIMIT - 100) + json.dumps({"model": MODEL_NAME}).encode(),
+                   timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def test_long_cpu_work_does_not_stall_the_event_loop(target: Server):
+    """A megabyte prompt (tokenized), a megabyte of JSON and a large schema, all at once:
+    meanwhile ``GET /`` keeps answering at once."""
+    big = "Tell me about the sea. " * 45_000  # ~1 MB
+    bodies = [
+        ("/api/generate", {"model": MODEL_NAME, "prompt": big, "stream": False, "options": {"num_predict": 1, "num_ctx": 256}}),
+        ("/api/embed", {"model": MODEL_NAME, "input": [big[:400_000]] * 2, "options": {"num_ctx": 256}}),
+        ("/api/chat", {"model": MODEL_NAME, "stream": False, "options": {"num_predict": 1, "num_ctx": 256},
+                       "messages": [{"role": "user", "content": big[:20_000]}] * 50}),
+        ("/api/generate", {"model": MODEL_NAME, "prompt": "hi", "stream": False, "options": {"num_predict": 1},
+                           "format": {"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 64}
+                                                                      for i in range(300)}}}),
+    ]
+    answers: list[httpx.Response] = []
+
+    def send(path: str, body: dict) -> None:
+        answers.append(httpx.post(target.url + path, json=body, timeout=300))
+
+    threads = [threading.Thread(target=send, args=item) for item in bodies]
+    latencies = []
+    wire = Wire(target.url)
+    try:
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            latencies.append(wire.alive())
+            time.sleep(0.02)
+    finally:
+        wire.close()
+        for t in threads:
+            t.join(timeout=300)
+    assert [a.status_code for a in answers] == [200] * len(bodies), [a.text[:200] for a in answers]
+    latencies.sort()
+    assert len(latencies) >= 10, latencies
+    # Timed on a shared 2-core machine: the median is the steady state, the bound is generous.
+    assert latencies[len(latencies) // 2] < 0.1 and latencies[-1] < 0.5, latencies[-10:]
+
+
+def test_deep_nesting_is_parsed_as_go_parses_it(target: Server):
+    """Go's decoder takes 10,000 levels (the body's own object is the first) and refuses the
+    next; Python's own decoder stops near 1,000."""
+    def nested(depth: int) -> bytes:
+        return f'{{"model":"{MODEL_NAME}","format":{"[" * (depth - 1)}{"]" * (depth - 1)}}}'.encode()
+
+    conn = http.client.HTTPConnection(*target.url.removeprefix("http://").split(":"), timeout=60)
+    try:
+        conn.request("POST", "/api/show", body=nested(10_000))
+        r = conn.getresponse()
+        assert r.status == 200, r.read()[:300]
+        r.read()
+        conn.request("POST", "/api/show", body=nested(10_001))
+        r = conn.getresponse()
+        assert (r.status, json.loads(r.read())) == (400, {"error": "invalid character '[' exceeded max depth"})
+    finally:
+        conn.close()
