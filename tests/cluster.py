@@ -102,7 +102,8 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
 class Cluster:
     """``corral up --workers N --routers R`` in ``tmp``; ``endpoint`` is nginx in front of the routers."""
 
-    def __init__(self, tmp: Path, *, workers: int = 1, routers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, *, workers: int = 1, routers: int = 1, env: dict[str, str] | None = None,
+                 redis_url: str = "") -> None:
         self.tmp = tmp
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.data_dir = tmp / "data"
@@ -122,7 +123,7 @@ class Cluster:
         command = [
             sys.executable, "-m", "corral.cli", "up", "--port", str(self.port), "--workers", str(workers),
             "--routers", str(routers), "--data-dir", str(self.data_dir),
-        ]
+        ] + (["--redis-url", redis_url] if redis_url else [])
         with self.up_log.open("wb") as out:
             self.process = subprocess.Popen(
                 ["sh", "-c", _WATCHDOG, "corral-up-watchdog", *command], cwd=REPO, env=self.env,

@@ -204,10 +204,22 @@ def body_bytes(draw: st.DrawFn, fields: dict[str, st.SearchStrategy]) -> tuple[b
     if how == "form":
         return b"model=" + quote(REAL_MODEL).encode() + b"&prompt=hi", None
     if how == "deep":
-        depth = draw(st.sampled_from([999, 1001, 5000, 10000, 10001, 12000]))
+        depth = draw(st.sampled_from([999, 1001, 5000, 9998, 10001, 12000]))
         opener, closer = draw(st.sampled_from([(b"[", b"]"), (b'{"a":', b"}")]))
         inner = opener * depth + b"1" + closer * depth
-        return (b'{"model":"%s","options":%s}' % (REAL_MODEL.encode(), inner) if draw(st.booleans()) else inner), None
+        where = draw(st.sampled_from(["top", "field", "inside"]))
+        if where == "top":
+            return inner, None
+        # As a field's value, or inside one (a message's, a tool's, an option's own field).
+        typed = draw(st.fixed_dictionaries({k: v for k, v in fields.items() if k in ("model", "messages", "source")}))
+        key = draw(st.sampled_from(sorted(fields)))
+        if where == "inside":
+            typed[key] = draw(st.sampled_from([[{"role": "user", "content": "hi", "x": "DEEP"}],
+                                               [{"type": "function", "function": {"name": "f", "parameters": "DEEP"}}],
+                                               {"num_predict": 1, "stop": "DEEP"}, {"type": "object", "x": "DEEP"}]))
+        else:
+            typed[key] = "DEEP"
+        return json.dumps(typed).encode().replace(b'"DEEP"', inner, 1), None
     if how == "trailing":
         return raw + draw(st.sampled_from([b" garbage", b"}", b"{}", b"\x00"])), None
     if how == "empty":

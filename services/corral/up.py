@@ -1,6 +1,7 @@
 """``corral up``: a whole cluster on this machine from installed binaries, until Ctrl-C.
 
-    redis-server  ─ cluster state (append-only file under the data dir)
+    redis-server  ─ cluster state (append-only file under the data dir; or --redis-url: one of yours,
+                    a Sentinel group included)
     docker-registry (or registry) ─ the model store (under the data dir)
     N × corral worker  ─ one shared blob cache under the data dir
     N × corral router  ─ gunicorn + uvicorn
@@ -28,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from corral.cluster.redis_client import check_redis_url
 from corral.settings import DEFAULT_MAX_REQUEST_BODY, parse_size
 
 logger = logging.getLogger("corral.up")
@@ -94,9 +96,11 @@ def find_binary(*names: str) -> str:
     raise UpError(f"{' or '.join(names)} not found: install it (Debian: apt-get install {names[0]})")
 
 
-def plan(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "127.0.0.1") -> list[Child]:
-    """Every child, in start order, with its ports, directories and environment."""
-    redis_bin = find_binary("redis-server")
+def plan(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "127.0.0.1",
+         redis_url: str = "") -> list[Child]:
+    """Every child, in start order, with its ports, directories and environment. With
+    ``redis_url`` the cluster uses that Redis (one, or a Sentinel group) instead of its own."""
+    redis_bin = "" if redis_url else find_binary("redis-server")
     registry_bin = find_binary("docker-registry", "registry")
     nginx_bin = find_binary("nginx")
     proxy_conf = Path(os.environ.get("CORRAL_NGINX_PROXY_CONF", NGINX_DIR / "corral-proxy.conf"))
@@ -113,16 +117,19 @@ def plan(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "
     for key in ("OLLAMA_HOST", "OLLAMA_MODELS", "PROMETHEUS_MULTIPROC_DIR"):
         base.pop(key, None)  # per child below
 
-    redis_port, registry_port = _free_port(), _free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    registry_port = _free_port()
     registry_url = f"http://127.0.0.1:{registry_port}"
-    (data_dir / "redis").mkdir(parents=True, exist_ok=True)
-    children = [
-        Child(
+    children = []
+    if not redis_url:
+        redis_port = _free_port()
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        (data_dir / "redis").mkdir(parents=True, exist_ok=True)
+        children.append(Child(
             "redis", [redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(data_dir / "redis"),
                       "--appendonly", "yes", "--save", ""],
             base, logs / "redis.log", None,
-        ),
+        ))
+    children += [
         Child(
             "registry", [registry_bin, "serve", str(_registry_config(data_dir, registry_port))],
             base, logs / "registry.log", ("127.0.0.1", registry_port, "/v2/"),
@@ -169,11 +176,17 @@ def plan(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "
     return children
 
 
-def run(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "127.0.0.1") -> int:
+def run(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "127.0.0.1",
+        redis_url: str = "") -> int:
     data_dir = data_dir.expanduser().resolve()
     if _port_taken(host, port):
         raise UpError(f"port {port} is in use (an Ollama server?): stop it or pass --port")
-    children = plan(port=port, workers=workers, routers=routers, data_dir=data_dir, host=host)
+    if redis_url:
+        try:
+            check_redis_url(redis_url)
+        except ValueError as exc:
+            raise UpError(f"--redis-url: {exc}") from None
+    children = plan(port=port, workers=workers, routers=routers, data_dir=data_dir, host=host, redis_url=redis_url)
     stopping = False
 
     def on_signal(signum, frame):  # noqa: ARG001

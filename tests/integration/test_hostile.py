@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -179,3 +180,51 @@ def test_deep_nesting_is_parsed_as_go_parses_it(target: Server):
         assert (r.status, json.loads(r.read())) == (400, {"error": "invalid character '[' exceeded max depth"})
     finally:
         conn.close()
+
+
+# The bodies that took routers down before (ISSUES #17): each reached an unhandled exception,
+# uvicorn closed the connection, nginx met the reset on its next request and marked the router
+# down for 10 s.
+FORMER_KILLERS = [
+    b"[" * 5000 + b"]" * 5000,
+    b'{"model":"%s","prompt":"\\ud800","options":{"num_predict":1}}' % MODEL_NAME.encode(),
+    b'{"model":"%s","prompt":"hi","options":{"top_k":NaN}}' % MODEL_NAME.encode(),
+    b'{"model":"%s","prompt":"hi","keep_alive":""}' % MODEL_NAME.encode(),
+    b'{"model":"%s","prompt":"hi","options":{"seed":%s}}' % (MODEL_NAME.encode(), b"1" * 5000),
+    b'{"model":"%s","prompt":"hi","options":{"top_k":1e999}}' % MODEL_NAME.encode(),
+    b"model=x&prompt=y",
+    b'{"model":"%s","format":%s}' % (MODEL_NAME.encode(), b"[" * 9000 + b"]" * 9000),
+]
+
+
+def test_a_burst_of_hostile_requests_through_nginx_ejects_no_router(target: Server, serving: str):
+    """Hundreds of such requests at once through nginx, then ordinary traffic: no 502, and
+    nginx never had to take a router out."""
+    if serving != "cluster":
+        pytest.skip("nginx is in front of a cluster only")
+
+    def burst(worker: int) -> list[int]:
+        wire = Wire(target.url)
+        statuses = []
+        try:
+            for i in range(40):
+                body = FORMER_KILLERS[(worker + i) % len(FORMER_KILLERS)]
+                path = ("/api/generate", "/api/chat", "/v1/chat/completions", "/api/show")[i % 4]
+                statuses.append(wire.send(Probe("POST", path, body, False))[0])
+        finally:
+            wire.close()
+        return statuses
+
+    def ordinary(_: int) -> list[int]:
+        with httpx.Client(base_url=target.url, timeout=60) as client:
+            return [client.post("/api/generate", json={"model": MODEL_NAME, "prompt": "Hi", "stream": False,
+                                                       "options": {"num_predict": 1}}).status_code
+                    for _ in range(10)]
+
+    with ThreadPoolExecutor(8) as pool:
+        hostile = [s for statuses in pool.map(burst, range(8)) for s in statuses]
+        normal = [s for statuses in pool.map(ordinary, range(4)) for s in statuses]
+    assert len(hostile) == 320 and all(s < 500 for s in hostile), sorted(set(hostile))
+    assert normal == [200] * 40, normal
+    errors = target.cluster.log("nginx-error")
+    assert "upstream prematurely closed" not in errors and "no live upstreams" not in errors, errors[-2000:]

@@ -236,20 +236,20 @@ def loads(data: bytes | str) -> Any:
     return value
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON of a decoded body (to pass it on): documents nested deeper than Python's
-    encoder goes, which ``loads`` takes as Go does, are written without recursion."""
+def dumps(value: Any, *, ensure_ascii: bool = True) -> str:
+    """Compact JSON of a decoded body (to pass it on, or to quote it): documents nested deeper
+    than Python's encoder goes, which ``loads`` takes as Go does, are written without recursion."""
     try:
-        return json.dumps(value, separators=(",", ":"))
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=ensure_ascii)
     except RecursionError:
-        return _deep_dumps(value)
+        return _deep_dumps(value, ensure_ascii)
 
 
 class _Text(str):
     """Already JSON: a bracket, a comma, a key and its colon (``_deep_dumps``)."""
 
 
-def _deep_dumps(value: Any) -> str:
+def _deep_dumps(value: Any, ensure_ascii: bool) -> str:
     out: list[str] = []
     todo: list[Any] = [value]
     while todo:
@@ -259,7 +259,7 @@ def _deep_dumps(value: Any) -> str:
         elif isinstance(item, dict):
             parts: list[Any] = [_Text("{")]
             for i, (key, child) in enumerate(item.items()):
-                parts += [_Text(("," if i else "") + json.dumps(str(key)) + ":"), child]
+                parts += [_Text(("," if i else "") + json.dumps(str(key), ensure_ascii=ensure_ascii) + ":"), child]
             todo.extend(reversed([*parts, _Text("}")]))
         elif isinstance(item, list):
             parts = [_Text("[")]
@@ -267,7 +267,7 @@ def _deep_dumps(value: Any) -> str:
                 parts += [_Text(","), child] if i else [child]
             todo.extend(reversed([*parts, _Text("]")]))
         else:
-            out.append(json.dumps(item))
+            out.append(json.dumps(item, ensure_ascii=ensure_ascii))
     return "".join(out)
 
 

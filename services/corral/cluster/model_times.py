@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-import redis
 from redis.exceptions import RedisError
 
+from corral.cluster.redis_client import sync_client
 from corral.cluster.workers import PREFIX, now_ms
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ MODIFIED = PREFIX + "models:modified"
 
 class RedisModelTimes:
     def __init__(self, url: str) -> None:
-        self.redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.redis = sync_client(url, socket_timeout=2.0, socket_connect_timeout=2.0)
 
     def agreed(self, key: str) -> datetime | None:
         try:

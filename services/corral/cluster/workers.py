@@ -121,9 +121,11 @@ async def deregister(redis: Any, worker_id: str) -> None:
         await pipe.execute()
 
 
-async def live_workers(redis: Any) -> list[WorkerInfo]:
-    """Workers whose lease holds, ready or draining, in id order."""
-    leases = await redis.zrangebyscore(WORKERS, now_ms(), "+inf", withscores=True)
+async def live_workers(redis: Any, *, lapsed_for_at_most_ms: int = 0) -> list[WorkerInfo]:
+    """Workers whose lease holds, ready or draining, in id order (also those whose lease ran
+    out at most ``lapsed_for_at_most_ms`` ago: right after a Redis outage, whose heartbeats
+    failed meanwhile)."""
+    leases = await redis.zrangebyscore(WORKERS, now_ms() - lapsed_for_at_most_ms, "+inf", withscores=True)
     if not leases:
         return []
     async with redis.pipeline(transaction=False) as pipe:

@@ -16,13 +16,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from corral.api import requests
 from corral.api.http import (
     json_response,
     read_json,
@@ -30,6 +30,7 @@ from corral.api.http import (
 )
 from corral.api.streams import format_time
 from corral.cluster.model_times import RedisModelTimes
+from corral.cluster.redis_client import async_client
 from corral.router.dispatch import ClusterUnavailableError, Dispatcher
 from corral.router.forward import FORWARDED, RAW_SEND, ForwardEndpoint, ForwardShortcut
 from corral.router.metrics import RouterMetrics
@@ -81,7 +82,7 @@ for _path in FORWARDED:
 async def show(request: Request) -> Response:
     """Relayed to a worker: a model's capabilities come from its template, which workers parse
     (the router parses none). With no worker up, the registry answers here."""
-    body = await read_json(request, struct="ShowRequest")
+    body = await read_json(request, requests.SHOW)
     try:
         return await dispatcher(request).relay_anywhere("/api/show", body)
     except ClusterUnavailableError:
@@ -143,12 +144,18 @@ async def cluster_workers(request: Request) -> Response:
 
 
 async def _cluster_view(d: Dispatcher) -> tuple[list[Any], list[Any]]:
-    """Live workers and their placements, or 503 when Redis cannot say."""
-    try:
-        workers = await d.workers()
-        return workers, await d.state.placements([w.id for w in workers])
-    except RedisError as exc:
-        raise ClusterUnavailableError(f"cluster state unavailable: {exc}") from exc
+    """Live workers and their placements; while Redis is away, as it last said them (the
+    router still places requests from them), or 503 when it never did."""
+    if not d.offline.active:
+        try:
+            workers = await d.workers()
+            return workers, await d.state.placements([w.id for w in workers])
+        except RedisError as exc:
+            d.offline.redis_failed(exc)
+    known = d.offline.known
+    if not known.at:
+        raise ClusterUnavailableError("cluster state unavailable: redis is unreachable")
+    return known.workers, known.placements
 
 
 async def _worker_ps(http: httpx.AsyncClient, url: str) -> list[dict]:
@@ -207,9 +214,8 @@ def create_app(settings: RouterSettings) -> FastAPI:
     metrics.start_at_zero(list(FORWARDED))
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = aioredis.from_url(
-            settings.REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
-        )
+        redis = async_client(settings.REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0,
+                             health_check_interval=10)
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=settings.CORRAL_CONNECT_TIMEOUT, read=None, write=60.0, pool=30.0),
             limits=httpx.Limits(max_connections=2048, max_keepalive_connections=256),
@@ -254,6 +260,7 @@ async def _reap_forever(d: Dispatcher) -> None:
                 logger.info("redis is back")
             outage = False
         except RedisError as exc:
+            d.offline.redis_failed(exc)
             if not outage:
                 logger.warning("reaper: redis unavailable: %s", exc)
             outage = True

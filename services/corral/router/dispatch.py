@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import time
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +36,10 @@ from redis.exceptions import RedisError
 
 from corral.api.durations import DurationError, parse_keep_alive
 from corral.api.errors import CorralError, NotFoundError, RequestCanceledError, ServerBusyError, UpstreamError
+from corral.api.gojson import dumps
 from corral.cluster.workers import MODELS_GENERATION_HEADER, STATE_READY, WorkerInfo, lapsed_workers, live_workers, now_ms
 from corral.router.metrics import RouterMetrics
+from corral.router.offline import REJOIN_GRACE_S, OfflineLeases
 from corral.router.placement import plan_load
 from corral.router.settings import RouterSettings
 from corral.router.state import NEVER, QUEUE_RENEW_S, ClusterState
@@ -118,6 +119,8 @@ class Dispatcher:
         self.http = http
         self._workers: tuple[float, list[WorkerInfo]] = (0.0, [])
         self._reading_workers: asyncio.Future | None = None
+        # The last known cluster, and the slots given out from it while Redis is away.
+        self.offline = OfflineLeases()
         self._sizes: dict[str, ModelSize] = {}  # by the model's digest
         self._by_name: dict[str, tuple[float, ModelSize]] = {}
         self._models_generation = 0
@@ -125,6 +128,23 @@ class Dispatcher:
     # -- cluster reads
 
     async def workers(self) -> list[WorkerInfo]:
+        """The live workers: as Redis says (read at most every WORKERS_CACHE_S), or while Redis
+        is away as it last said (ClusterUnavailableError when it never did)."""
+        if self.offline.active:
+            return self._last_known_workers()
+        try:
+            return await self._live_workers()
+        except RedisError as exc:
+            self.offline.redis_failed(exc)
+            return self._last_known_workers()
+
+    def _last_known_workers(self) -> list[WorkerInfo]:
+        workers = self.offline.workers()
+        if not workers:
+            raise ClusterUnavailableError("cluster state unavailable: redis is unreachable and no worker is known")
+        return workers
+
+    async def _live_workers(self) -> list[WorkerInfo]:
         at, cached = self._workers
         if time.monotonic() - at < WORKERS_CACHE_S:
             now = now_ms()  # a lease may have run out since the list was read
@@ -137,7 +157,14 @@ class Dispatcher:
 
     async def _read_workers(self) -> list[WorkerInfo]:
         try:
-            workers = await live_workers(self.state.redis)
+            # Right after an outage a worker's lease may have lapsed while its heartbeats failed:
+            # it is taken as live until it beats again (or the grace ends and the reaper drops it).
+            grace = int(REJOIN_GRACE_S * 1000) if self.offline.rejoining() else 0
+            workers = await live_workers(self.state.redis, lapsed_for_at_most_ms=grace)
+            if grace:
+                now = now_ms()
+                for worker in workers:
+                    worker.lease_until = max(worker.lease_until, now + int(WORKERS_CACHE_S * 1000))
             self._workers = (time.monotonic(), workers)
             return workers
         finally:
@@ -197,7 +224,7 @@ class Dispatcher:
             self.metrics.rejections.labels("queue_full").inc()
             raise
         except ClusterUnavailableError:
-            self.metrics.rejections.labels("no_workers").inc()
+            self.metrics.rejections.labels("redis" if self.offline.active else "no_workers").inc()
             raise
 
     async def _forward(self, client: Downstream, path: str, body: dict[str, Any]) -> Forwarded | Response:
@@ -211,7 +238,7 @@ class Dispatcher:
         model = ModelName.parse(model).display  # one placement per model: "m" and "m:latest" are one
         if keep_alive == 0 and _is_empty(body):
             return await self._unload_everywhere(model, path, body)
-        payload = json.dumps({**body, "keep_alive": -1} if path.startswith("/api/") else body).encode()
+        payload = dumps({**body, "keep_alive": -1} if path.startswith("/api/") else body).encode()
         headers = [("content-type", "application/json"), (MODELS_GENERATION_HEADER, str(self._models_generation))]
         affinity = affinity_key(path, body)
         exclude: set[str] = set()
@@ -260,14 +287,38 @@ class Dispatcher:
         try:
             return await self.model_size(model)
         except NotFoundError:
-            if not await self.sync_models():
+            if self.offline.active or not await self._sync_models_if_up():
                 return None
         try:
             return await self.model_size(model)
         except NotFoundError:
             return None
 
+    async def _sync_models_if_up(self) -> bool:
+        try:
+            return await self.sync_models()
+        except RedisError as exc:
+            self.offline.redis_failed(exc)
+            return False
+
     async def lease(
+        self, client: Downstream, model: str, size: ModelSize, exclude: set[str], keep_alive: float | None,
+        affinity: str = "",
+    ) -> WorkerInfo:
+        """A slot for the request: in Redis, or while Redis is away from the last known placements."""
+        if not self.offline.active:
+            try:
+                return await self._lease(client, model, size, exclude, keep_alive, affinity)
+            except RedisError as exc:
+                self.offline.redis_failed(exc)
+        worker = self.offline.lease(model, exclude)
+        if worker is None:
+            raise ClusterUnavailableError(
+                f"cluster state unavailable: redis is unreachable and {model} is not placed on a known worker")
+        self.metrics.placements.labels("offline").inc()
+        return worker
+
+    async def _lease(
         self, client: Downstream, model: str, size: ModelSize, exclude: set[str], keep_alive: float | None,
         affinity: str = "",
     ) -> WorkerInfo:
@@ -344,6 +395,8 @@ class Dispatcher:
             await self.state.unlock(token)
 
     async def finish(self, worker: WorkerInfo, model: str, keep_alive: float | None) -> None:
+        if self.offline.release(worker.id, model, _expires_at(keep_alive)):
+            return  # a slot taken while Redis was away (its keep-alive is set when Redis is back)
         try:
             remaining = await self.state.release(worker.id, model, _expires_at(keep_alive))
             if keep_alive == 0 and remaining == 0:
@@ -351,7 +404,9 @@ class Dispatcher:
                     self.metrics.evictions.labels("request").inc()
                     await self.unload(worker, model)
         except RedisError as exc:
-            logger.warning("could not release %s on %s: %s", model, worker.id, exc)
+            self.offline.redis_failed(exc)
+            logger.warning("could not release %s on %s (its slot lapses, or is put back when Redis returns): %s",
+                           model, worker.id, exc)
 
     async def unload(self, worker: WorkerInfo, model: str) -> None:
         try:
@@ -374,16 +429,16 @@ class Dispatcher:
             return None
 
     async def relay_anywhere(self, path: str, body: dict[str, Any], avoid: set[str] = frozenset()) -> Response:
-        with suppress(RedisError):  # the answer can still come from a worker
-            await self.sync_models()
+        if not self.offline.active:
+            await self._sync_models_if_up()  # the answer can come from a worker either way
         ready = [w for w in await self.workers() if w.state == STATE_READY]
         workers = [w for w in ready if w.id not in avoid] or ready
         if not workers:
             raise ClusterUnavailableError("no workers available")
         try:
             reply = await self.http.post(
-                workers[0].url + path, json=body, timeout=60,
-                headers={MODELS_GENERATION_HEADER: str(self._models_generation)},
+                workers[0].url + path, content=dumps(body).encode(), timeout=60,
+                headers={"content-type": "application/json", MODELS_GENERATION_HEADER: str(self._models_generation)},
             )
         except httpx.HTTPError as exc:
             raise UpstreamError(f"worker {workers[0].id}: {exc}") from exc
@@ -423,22 +478,32 @@ class Dispatcher:
 
     async def reap(self) -> None:
         """Unload expired idle placements and forget lapsed workers; every router runs this,
-        and each expiry is claimed once."""
+        and each expiry is claimed once. Each pass also records the cluster as Redis says it
+        (``offline``), and the first pass after an outage hands Redis what happened meanwhile."""
         redis = self.state.redis
+        # First a command that always reaches Redis: while it fails, Redis is still away.
+        given_back = await self.state.reap_slots()
         await self.state.renew()
-        if given_back := await self.state.reap_slots():
+        if self.offline.active or self.offline.pending or self.state.unreleased:
+            await self.offline.reconcile(self.state)
+            self._workers = (0.0, [])  # read the workers afresh
+        if given_back:
             logger.warning("gave back %d slots whose router stopped renewing them", given_back)
-        for worker_id in await lapsed_workers(redis):
+        # Right after an outage, workers whose heartbeats failed meanwhile get time to beat again.
+        for worker_id in [] if self.offline.rejoining() else await lapsed_workers(redis):
             logger.warning("worker %s missed its heartbeats: dropping it and its models", worker_id)
             self.metrics.evictions.labels("worker_lost").inc(
                 len([p for p in await self.state.placements([worker_id])])
             )
             await self.state.drop_worker(worker_id)
             await redis.zrem("corral:workers", worker_id)
-        everyone = await live_workers(redis)
+        grace = int(REJOIN_GRACE_S * 1000) if self.offline.rejoining() else 0
+        everyone = await live_workers(redis, lapsed_for_at_most_ms=grace)
         by_id = {w.id: w for w in everyone}
+        placements = await self.state.placements(list(by_id))
+        self.offline.record(everyone, placements)
         now = now_ms()
-        for placement in await self.state.placements(list(by_id)):
+        for placement in placements:
             if placement.expires_at == NEVER or placement.expires_at > now or placement.in_flight:
                 continue
             if await self.state.claim_unload(placement.worker, placement.model, expired_only=True):
@@ -492,7 +557,7 @@ def affinity_key(path: str, body: dict[str, Any]) -> str:
         return ""
     try:
         text = json.dumps(basis, sort_keys=True, separators=(",", ":"))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: a message nested 10,000 deep
         return ""
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 

@@ -50,7 +50,9 @@ class RouterMetrics:
             registry=r,
         )
         self.placements = Counter(
-            "corral_router_placements_total", "Requests given a slot (resident, loaded)", ["kind"], registry=r
+            "corral_router_placements_total",
+            "Requests given a slot (resident, loaded; offline: from the last known placements while Redis was away)",
+            ["kind"], registry=r
         )
         self.retries = Counter(
             "corral_router_retries_total", "Requests placed again after a worker failed before the first byte",
@@ -70,7 +72,7 @@ class RouterMetrics:
             self.loads.labels(kind)
         for reason in ("lru", "keep_alive", "request", "worker_lost"):
             self.evictions.labels(reason)
-        for kind in ("resident", "loaded"):
+        for kind in ("resident", "loaded", "offline"):
             self.placements.labels(kind)
 
     def render(self, cluster: dict[str, Any]) -> bytes:

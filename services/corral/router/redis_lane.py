@@ -24,6 +24,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from corral.cluster.redis_client import MasterFinder, is_sentinel, parse_sentinel_url
+
 
 class Script:
     def __init__(self, text: str) -> None:
@@ -76,23 +78,31 @@ class _Protocol(asyncio.Protocol):
 
 class RedisLane:
     def __init__(self, url: str, *, timeout: float = 2.0) -> None:
-        parts = urlsplit(url)
-        self.scheme = parts.scheme
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 6379
-        self.path = unquote(parts.path) if parts.scheme == "unix" else ""
-        query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
-        db = parts.path.strip("/") if parts.scheme != "unix" else query.get("db", "")
-        self.db = int(db or 0)
-        self.username = unquote(parts.username) if parts.username else None
-        self.password = unquote(parts.password) if parts.password else None
         self.timeout = timeout
+        # With Sentinel, the master's address is asked of the sentinels at every connect.
+        self.find_master: MasterFinder | None = None
+        if is_sentinel(url):
+            parsed = parse_sentinel_url(url)
+            self.scheme, self.host, self.port, self.path = "redis", "", 0, ""
+            self.db, self.username, self.password = parsed.db, parsed.username, parsed.password
+            self.find_master = MasterFinder(url, timeout)
+        else:
+            parts = urlsplit(url)
+            self.scheme = parts.scheme
+            self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 6379
+            self.path = unquote(parts.path) if parts.scheme == "unix" else ""
+            query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+            db = parts.path.strip("/") if parts.scheme != "unix" else query.get("db", "")
+            self.db = int(db or 0)
+            self.username = unquote(parts.username) if parts.username else None
+            self.password = unquote(parts.password) if parts.password else None
         self._conn: _Protocol | None = None
         self._connecting: asyncio.Future | None = None
 
     @staticmethod
     def supports(url: str) -> bool:
         """TLS (``rediss://``) stays with redis-py."""
-        return url.startswith(("redis://", "unix://"))
+        return url.startswith(("redis://", "unix://")) or is_sentinel(url)
 
     async def evalsha(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
         try:
@@ -118,6 +128,11 @@ class RedisLane:
         finally:
             handle.cancel()
         if isinstance(reply, ResponseError):
+            if str(reply).startswith("READONLY"):
+                # A failover made this master a replica: connect again, to the new one.
+                error = RedisConnectionError(f"Redis is a replica now: {reply}")
+                conn.fail(error)
+                raise error
             raise reply
         return reply
 
@@ -142,7 +157,8 @@ class RedisLane:
                 if self.scheme == "unix":
                     _, conn = await loop.create_unix_connection(_Protocol, self.path)
                 else:
-                    _, conn = await loop.create_connection(_Protocol, self.host, self.port)
+                    host, port = await self.find_master() if self.find_master else (self.host, self.port)
+                    _, conn = await loop.create_connection(_Protocol, host, port)
                 try:
                     if self.password is not None:
                         auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)

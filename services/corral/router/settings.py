@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from corral.api.durations import parse_env_keep_alive
+from corral.cluster.redis_client import check_redis_url
 from corral.settings import CommonSettings, check_duration
 from corral.store.registry import parse_registry_url
 
@@ -38,9 +39,7 @@ class RouterSettings(CommonSettings):
     @field_validator("REDIS_URL")
     @classmethod
     def _check_redis(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        return value
+        return check_redis_url(value)
 
     @field_validator("OLLAMA_LOAD_TIMEOUT")
     @classmethod

@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from corral.cluster.workers import PREFIX, WorkerInfo, now_ms
 from corral.router.redis_lane import RedisLane, Script
 
@@ -40,6 +42,8 @@ PLACE_LOCK = PREFIX + "lock:place"
 PLACE_LOCK_MS = 10_000
 SLOTS = PREFIX + "slots"
 SLOT_LEASE_MS = 10_000  # a router renews its slots every reaper pass (1 s); a dead router's lapse
+# Releases kept for after an outage (beyond these, slots are left to lapse): a bound, not a need.
+MAX_UNRELEASED = 100_000
 MODELS_GENERATION = PREFIX + "models:generation"
 # How long a conversation remembers the worker that last served it (its prefix may be cached there).
 AFFINITY_TTL_S = 600
@@ -191,6 +195,40 @@ end
 return #lapsed
 """
 
+# A slot for a request that is already running (taken while Redis was away, or whose lease
+# lapsed during an outage), without the slot-count check: it runs whatever the count says.
+# KEYS: placed, inflight, slots; ARGV: model, lease expiry, slot. Returns 0 when the placement is
+# gone (or the slot is already there).
+_ADOPT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+return 1
+"""
+
+# Remove one slot (its request ended meanwhile). KEYS: slots; ARGV: slot.
+_DROP_SLOT = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+local worker, model = string.match(ARGV[1], '^(%S+) (%S+) %S+$')
+if not worker then return 1 end
+local key = 'corral:inflight:' .. worker
+local n = tonumber(redis.call('HGET', key, model) or '0')
+if n <= 1 then redis.call('HDEL', key, model) else redis.call('HINCRBY', key, model, -1) end
+return 1
+"""
+
+# What a release records, for a placement used while Redis was away: its last use and expiry.
+# KEYS: placed, used; ARGV: model, now, expires_at (-1 never).
+_TOUCH = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local p = cjson.decode(raw)
+p['expires_at'] = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(p))
+return 1
+"""
+
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -230,11 +268,16 @@ class ClusterState:
         self._keep_place = redis.register_script(_KEEP_PLACE)
         self._unlock = redis.register_script(_UNLOCK)
         self._reap_slots = redis.register_script(_REAP_SLOTS)
+        self._adopt = redis.register_script(_ADOPT)
+        self._drop_slot = redis.register_script(_DROP_SLOT)
+        self._touch = redis.register_script(_TOUCH)
         # The slots this router holds, by (worker, model): any one of them is given back at the
         # end of a request there; all are renewed while they run.
         self._held: dict[tuple[str, str], list[str]] = {}
         # The model-store generation as of the last acquire (it comes with the answer: no extra round trip).
         self.models_generation_seen = 0
+        # (worker, model, expires_at, slot) of releases Redis did not get (release_pending).
+        self._unreleased: list[tuple[str, str, int, str]] = []
 
     def _take(self, worker: str, model: str) -> str:
         slot = f"{worker} {model} {_token()}"
@@ -255,6 +298,34 @@ class ClusterState:
         if slots:
             expiry = now_ms() + SLOT_LEASE_MS
             await self.redis.zadd(SLOTS, {slot: expiry for slot in slots}, xx=True)
+
+    # -- after an outage (router/offline.py)
+
+    async def adopt(self, worker: str, model: str) -> str | None:
+        """A slot in Redis for a request already running there; None if the placement is gone."""
+        slot = f"{worker} {model} {_token()}"
+        keys = [placed_key(worker), inflight_key(worker), SLOTS]
+        return slot if await self._adopt(keys=keys, args=[model, now_ms() + SLOT_LEASE_MS, slot]) else None
+
+    def hold(self, worker: str, model: str, slot: str) -> None:
+        """Count an adopted slot among this router's (renewed, given back at a release)."""
+        self._held.setdefault((worker, model), []).append(slot)
+
+    async def drop_slot(self, slot: str) -> None:
+        await self._drop_slot(keys=[SLOTS], args=[slot])
+
+    async def touch(self, worker: str, model: str, expires_at: int) -> None:
+        await self._touch(keys=[placed_key(worker), used_key(worker)], args=[model, now_ms(), expires_at])
+
+    async def restore_held(self) -> int:
+        """Put back this router's slots that lapsed while Redis was away (their requests still
+        run); returns how many."""
+        restored = 0
+        for (worker, model), slots in list(self._held.items()):
+            keys = [placed_key(worker), inflight_key(worker), SLOTS]
+            for slot in list(slots):
+                restored += int(await self._adopt(keys=keys, args=[model, now_ms() + SLOT_LEASE_MS, slot]))
+        return restored
 
     async def reap_slots(self) -> int:
         return int(await self._reap_slots(keys=[SLOTS], args=[now_ms()]))
@@ -285,10 +356,35 @@ class ClusterState:
                           args=[model, record, now, now + SLOT_LEASE_MS, slot])
 
     async def release(self, worker: str, model: str, expires_at: int) -> int:
-        """Give the slot back; returns how many requests still run on that placement."""
-        keys = [placed_key(worker), inflight_key(worker), used_key(worker), SLOTS]
+        """Give the slot back; returns how many requests still run on that placement. A slot
+        Redis could not be told about is kept for ``release_pending`` (after an outage), so it
+        does not count as running until its lease lapses."""
         slot = self._give_back(worker, model)
+        try:
+            return await self._release_slot(worker, model, expires_at, slot)
+        except RedisError:
+            if len(self._unreleased) < MAX_UNRELEASED:
+                self._unreleased.append((worker, model, expires_at, slot))
+            raise
+
+    async def _release_slot(self, worker: str, model: str, expires_at: int, slot: str) -> int:
+        keys = [placed_key(worker), inflight_key(worker), used_key(worker), SLOTS]
         return int(await self._release(keys=keys, args=[model, now_ms(), expires_at, slot]))
+
+    @property
+    def unreleased(self) -> bool:
+        return bool(self._unreleased)
+
+    async def release_pending(self) -> int:
+        """Give back the slots whose release failed while Redis was away; returns how many."""
+        pending, self._unreleased = self._unreleased, []
+        for i, (worker, model, expires_at, slot) in enumerate(pending):
+            try:
+                await self._release_slot(worker, model, expires_at, slot)
+            except RedisError:
+                self._unreleased = pending[i:] + self._unreleased
+                raise
+        return len(pending)
 
     async def claim_unload(self, worker: str, model: str, *, expired_only: bool) -> bool:
         keys = [placed_key(worker), inflight_key(worker), used_key(worker)]

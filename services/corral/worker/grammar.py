@@ -16,6 +16,7 @@ from typing import Any
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from corral.api.errors import BadRequestError
+from corral.api.gojson import dumps
 
 MAX_SCHEMA_BYTES = 256 * 1024
 MAX_SCHEMA_DEPTH = 64
@@ -44,7 +45,7 @@ def format_grammar(fmt: Any) -> str | None:
             raise BadRequestError(f"invalid JSON schema in format: its grammar is over {MAX_GRAMMAR_BYTES} bytes")
         return grammar
     # Ollama quotes the raw JSON it received (Go's %q), so a string shows its own quotes escaped.
-    shown = json.dumps(json.dumps(fmt, separators=(",", ":"), ensure_ascii=False), ensure_ascii=False)
+    shown = json.dumps(dumps(fmt, ensure_ascii=False), ensure_ascii=False)
     raise BadRequestError(f'invalid format: {shown}; expected "json" or a valid JSON Schema object')
 
 

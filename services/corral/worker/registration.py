@@ -37,6 +37,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from corral.cluster import workers
+from corral.cluster.redis_client import async_client
 from corral.cluster.workers import STATE_DRAINING, WorkerInfo
 from corral.worker.settings import WorkerSettings
 
@@ -166,8 +167,9 @@ def _cgroup_files(proc_cgroup: Path, root: Path, v2_name: str, v1_controller: st
 
 
 def _without_password(url: str) -> str:
+    # The master's password in the userinfo; a sentinel's in the query.
     parts = urlsplit(url)
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2], query="").geturl()
 
 
 class Registration:
@@ -189,7 +191,7 @@ class Registration:
         self._down = False  # in an outage: logged once, at its start
 
     async def __aenter__(self) -> Registration:
-        self._redis = Redis.from_url(
+        self._redis = async_client(
             self.redis_url,
             socket_timeout=REDIS_TIMEOUT_S,
             socket_connect_timeout=REDIS_TIMEOUT_S,

@@ -12,32 +12,12 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from corral.api.durations import parse_env_keep_alive
-from corral.settings import CommonSettings, HostPort, check_duration, default_models_dir
+from corral.cluster.redis_client import check_redis_url, is_sentinel, parse_sentinel_url
+from corral.settings import CommonSettings, HostPort, check_duration, default_models_dir, parse_size
 from corral.store.registry import parse_registry_url
 
-# CORRAL_WORKER_MEMORY units: SI (k, M, G, T; "B" optional) and binary (Ki, Mi, Gi, Ti; "B" optional).
-_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)")
-_SIZE_UNITS = {"": 1, "b": 1} | {
-    prefix + suffix: base**power
-    for power, prefix in enumerate("kmgt", 1)
-    for suffix, base in (("", 1000), ("b", 1000), ("i", 1024), ("ib", 1024))
-}
 _WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
-
-
-def parse_size(text: str) -> int:
-    """Bytes for ``8GiB``, ``512MB``, ``1.5G``, ``1073741824`` (k/M/G/T are powers of 1000,
-    Ki/Mi/Gi/Ti of 1024; a trailing ``B`` and the case of the unit don't matter)."""
-    match = _SIZE.fullmatch(text.strip())
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _SIZE_UNITS:
-        raise ValueError(f"expected bytes or a size like 8GiB or 512MB, got {text!r}")
-    size = int(float(match.group(1)) * _SIZE_UNITS[unit])
-    if size <= 0:
-        raise ValueError(f"must be more than 0 bytes, got {text!r}")
-    return size
-
 
 def parse_labels(text: str) -> dict[str, str]:
     """``CORRAL_WORKER_LABELS``: ``key=value[,key=value...]``; a value may be empty."""
@@ -72,10 +52,12 @@ def advertised_url(listen: HostPort) -> str:
     return HostPort(listen.scheme, host, listen.port).url
 
 
-def _parse_redis_url(url: str) -> dict:
+def _parse_redis_url(url: str) -> Any:
+    if is_sentinel(url):
+        return parse_sentinel_url(url)
     from redis.connection import parse_url
 
-    return parse_url(url)
+    return parse_url(check_redis_url(url))
 
 
 # Variables read through a parser: parsed once at start-up too, so a bad value stops it.
