@@ -25,6 +25,8 @@ from tests.conftest import MODEL_NAME, Server, import_model, start_server
 from tests.hostile import BODIES, Probe, Wire, check_answer, odd_requests, probes
 
 BODY_LIMIT = 4 << 20  # CORRAL_MAX_REQUEST_BODY of the servers here
+MAX_MESSAGES, MAX_INPUTS = 60, 8  # CORRAL_MAX_MESSAGES, CORRAL_MAX_INPUTS
+TRAINED_CONTEXT = 8192  # SmolLM2-135M's context_length
 
 GROUPS = {
     "generate": [("POST", "/api/generate")],
@@ -49,7 +51,8 @@ def fuzz(group: str, strategy):
 def target(serving: str, tmp_path_factory: pytest.TempPathFactory, gguf_path: Path, gguf_digest: str) -> Iterator[Server]:
     """A server of its own (the fuzzed requests create and delete models), the test model in it."""
     server = start_server(serving, tmp_path_factory.mktemp(f"hostile-{serving}"),
-                          {"OLLAMA_NUM_PARALLEL": "2", "CORRAL_MAX_REQUEST_BODY": str(BODY_LIMIT)})
+                          {"OLLAMA_NUM_PARALLEL": "2", "CORRAL_MAX_REQUEST_BODY": str(BODY_LIMIT),
+                           "CORRAL_MAX_MESSAGES": str(MAX_MESSAGES), "CORRAL_MAX_INPUTS": str(MAX_INPUTS)})
     try:
         import_model(server.url, gguf_path, gguf_digest)
         yield server
@@ -123,6 +126,42 @@ def test_a_body_over_the_limit_is_413_in_the_routes_format(target: Server, path:
     r = httpx.post(target.url + "/api/show", content=b" " * (BODY_LIMIT - 100) + json.dumps({"model": MODEL_NAME}).encode(),
                    timeout=60)
     assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(("path", "body", "message"), [
+    ("/api/chat", {"messages": [{"role": "user", "content": "hi"}] * (MAX_MESSAGES + 1)},
+     f"too many messages: {MAX_MESSAGES + 1} (at most {MAX_MESSAGES})"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}] * (MAX_MESSAGES + 1)},
+     f"too many messages: {MAX_MESSAGES + 1} (at most {MAX_MESSAGES})"),
+    ("/api/embed", {"input": ["hi"] * (MAX_INPUTS + 1)}, f"too many inputs: {MAX_INPUTS + 1} (at most {MAX_INPUTS})"),
+    ("/v1/embeddings", {"input": ["hi"] * (MAX_INPUTS + 1)}, f"too many inputs: {MAX_INPUTS + 1} (at most {MAX_INPUTS})"),
+])
+def test_message_and_input_counts_are_bounded(target: Server, path: str, body: dict, message: str):
+    r = httpx.post(target.url + path, json={"model": MODEL_NAME, **body}, timeout=60)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["message"] if path.startswith("/v1/") else error) == message
+    # At the limit it goes through.
+    at_limit = {k: v[:-1] for k, v in body.items()}
+    r = httpx.post(target.url + path, json={"model": MODEL_NAME, "stream": False, "max_tokens": 1,
+                                            "options": {"num_predict": 1}, **at_limit}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def test_num_ctx_past_the_trained_context_is_clamped_and_num_predict_bounded(target: Server):
+    """As Ollama: a num_ctx beyond what the model was trained for is the trained context (no KV
+    cache for a billion tokens), and open-ended generation stops after ten contexts."""
+    r = httpx.post(target.url + "/api/generate", timeout=120, json={
+        "model": MODEL_NAME, "prompt": "Hi", "stream": False, "options": {"num_ctx": 10**9, "num_predict": 1}})
+    assert r.status_code == 200, r.text
+    loaded = httpx.get(target.url + "/api/ps", timeout=30).json()["models"]
+    assert [m["context_length"] for m in loaded if m["name"] == MODEL_NAME] == [TRAINED_CONTEXT]
+    # num_ctx 4 (the smallest): open-ended generation (-1) ends at 40 tokens, shifting the context.
+    r = httpx.post(target.url + "/api/generate", timeout=300, json={
+        "model": MODEL_NAME, "prompt": "Once upon a time", "raw": True, "stream": False,
+        "options": {"num_ctx": 4, "num_predict": -1, "temperature": 1.5, "seed": 7, "top_k": 0}})
+    assert r.status_code == 200, r.text
+    assert (r.json()["eval_count"], r.json()["done_reason"]) == (40, "length")  # this seed samples no end token
 
 
 def test_long_cpu_work_does_not_stall_the_event_loop(target: Server):

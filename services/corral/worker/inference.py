@@ -269,6 +269,8 @@ class Inference:
         self._check_logprobs(body)
         think = self._think(body.get("think"))
         messages = self._messages(body.get("messages"))
+        if len(messages) > self.settings.CORRAL_MAX_MESSAGES:
+            raise BadRequestError(f"too many messages: {len(messages)} (at most {self.settings.CORRAL_MAX_MESSAGES})")
         tools = body.get("tools") or None
         if tools is not None and not isinstance(tools, list):
             raise BadRequestError("tools must be a list")
@@ -574,6 +576,8 @@ class Inference:
             inputs = list(raw_input)
         else:
             raise BadRequestError("invalid input type")
+        if len(inputs) > self.settings.CORRAL_MAX_INPUTS:
+            raise BadRequestError(f"too many inputs: {len(inputs)} (at most {self.settings.CORRAL_MAX_INPUTS})")
         dimensions = body.get("dimensions")
         if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 0):
             raise BadRequestError("dimensions must be a positive integer")

@@ -99,6 +99,10 @@ class WorkerSettings(CommonSettings):
         "", description="the cluster's model registry; set, OLLAMA_MODELS becomes a cache of it"
     )
     CORRAL_CACHE_MAX_BYTES: int = Field(0, ge=0, description="bound on the blob cache; 0 means unbounded")
+    # Bounds on one request's work, beside the body size (Ollama has none): a chat's history is
+    # rendered and tokenized a few times over to fit num_ctx, every embedding input is run.
+    CORRAL_MAX_MESSAGES: int = Field(10_000, ge=1, description="messages in one chat request (400 beyond)")
+    CORRAL_MAX_INPUTS: int = Field(2048, ge=1, description="inputs in one embedding request (400 beyond)")
     # Cluster membership: with REDIS_URL the worker registers there (corral.worker.registration).
     REDIS_URL: str = Field("", description="the cluster's Redis; set, the worker registers itself there")
     CORRAL_WORKER_ID: str = Field("", description="this worker's id in the cluster; default host-port-random")
