@@ -2,9 +2,11 @@
 
 Errors are mapped to responses here and nowhere else: ``install_error_handlers`` turns a
 ``CorralError`` into Ollama's ``{"error": ...}`` (or the OpenAI envelope under ``/v1``),
-and Starlette's own 404/405 into Ollama's plain-text bodies. Streams use
-``stream_response``: once the first chunk is out, an error becomes the stream's last
-event instead of a status code.
+and Starlette's own 404/405 into Ollama's plain-text bodies; ``LastResortMiddleware`` turns
+anything unexpected into a 500 of the same shape, keeping the connection. Bodies are read
+within ``CORRAL_MAX_REQUEST_BODY`` (``BodyLimitMiddleware``) and decoded as Go decodes them
+(``read_json``, ``corral.api.gojson``). Streams use ``ndjson_stream`` and ``sse_stream``:
+once the first chunk is out, an error becomes the stream's last event instead of a status code.
 """
 
 from __future__ import annotations
