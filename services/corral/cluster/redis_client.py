@@ -90,20 +90,19 @@ def _sentinel_kwargs(parsed: SentinelURL, options: dict[str, Any]) -> dict[str, 
 
 def async_client(url: str, **options: Any) -> aioredis.Redis:
     """An asyncio client of the cluster's Redis (``options``: redis-py's connection options)."""
-    if not is_sentinel(url):
-        return aioredis.Redis.from_url(url, **options)
-    parsed = parse_sentinel_url(url)
-    sentinel = AsyncSentinel(parsed.sentinels, sentinel_kwargs=_sentinel_kwargs(parsed, options))
-    return sentinel.master_for(parsed.service, db=parsed.db, username=parsed.username, password=parsed.password,
-                               **options)
+    return _client(url, options, aioredis.Redis, AsyncSentinel)
 
 
 def sync_client(url: str, **options: Any) -> redis.Redis:
     """The same, blocking (for code running in threads)."""
+    return _client(url, options, redis.Redis, Sentinel)
+
+
+def _client(url: str, options: dict[str, Any], plain: type, sentinel_class: type) -> Any:
     if not is_sentinel(url):
-        return redis.Redis.from_url(url, **options)
+        return plain.from_url(url, **options)
     parsed = parse_sentinel_url(url)
-    sentinel = Sentinel(parsed.sentinels, sentinel_kwargs=_sentinel_kwargs(parsed, options))
+    sentinel = sentinel_class(parsed.sentinels, sentinel_kwargs=_sentinel_kwargs(parsed, options))
     return sentinel.master_for(parsed.service, db=parsed.db, username=parsed.username, password=parsed.password,
                                **options)
 

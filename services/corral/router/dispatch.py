@@ -39,7 +39,7 @@ from corral.api.errors import CorralError, NotFoundError, RequestCanceledError, 
 from corral.api.gojson import dumps
 from corral.cluster.workers import MODELS_GENERATION_HEADER, STATE_READY, WorkerInfo, lapsed_workers, live_workers, now_ms
 from corral.router.metrics import RouterMetrics
-from corral.router.offline import REJOIN_GRACE_S, OfflineLeases
+from corral.router.offline import OfflineLeases
 from corral.router.placement import plan_load
 from corral.router.settings import RouterSettings
 from corral.router.state import NEVER, QUEUE_RENEW_S, ClusterState
@@ -159,7 +159,7 @@ class Dispatcher:
         try:
             # Right after an outage a worker's lease may have lapsed while its heartbeats failed:
             # it is taken as live until it beats again (or the grace ends and the reaper drops it).
-            grace = int(REJOIN_GRACE_S * 1000) if self.offline.rejoining() else 0
+            grace = self.offline.lease_grace_ms()
             workers = await live_workers(self.state.redis, lapsed_for_at_most_ms=grace)
             if grace:
                 now = now_ms()
@@ -497,8 +497,7 @@ class Dispatcher:
             )
             await self.state.drop_worker(worker_id)
             await redis.zrem("corral:workers", worker_id)
-        grace = int(REJOIN_GRACE_S * 1000) if self.offline.rejoining() else 0
-        everyone = await live_workers(redis, lapsed_for_at_most_ms=grace)
+        everyone = await live_workers(redis, lapsed_for_at_most_ms=self.offline.lease_grace_ms())
         by_id = {w.id: w for w in everyone}
         placements = await self.state.placements(list(by_id))
         self.offline.record(everyone, placements)

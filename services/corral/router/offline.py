@@ -72,6 +72,11 @@ class OfflineLeases:
         """Within the grace after an outage, when lapsed workers are not dropped yet."""
         return self.active or time.monotonic() - self.back_at < REJOIN_GRACE_S
 
+    def lease_grace_ms(self) -> int:
+        """How long ago a worker's lease may have run out for it to count as live now: the grace
+        while rejoining, else none."""
+        return int(REJOIN_GRACE_S * 1000) if self.rejoining() else 0
+
     # -- while Redis is away
 
     def workers(self) -> list[WorkerInfo]:
