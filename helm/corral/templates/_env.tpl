@@ -6,7 +6,10 @@ tests compare every name rendered below with those classes.
 
 {{/* REDIS_URL: the bundled Redis, or the external URL from a Secret (it may hold a password). */}}
 {{- define "corral.env.redis" -}}
-{{- if .Values.redis.enabled }}
+{{- if and .Values.redis.enabled .Values.redis.sentinel.enabled }}
+- name: REDIS_URL
+  value: {{ include "corral.redisSentinelURL" . | quote }}
+{{- else if .Values.redis.enabled }}
 - name: REDIS_URL
   value: {{ printf "redis://%s:6379/0" (include "corral.redisName" .) | quote }}
 {{- else }}
@@ -63,6 +66,8 @@ tests compare every name rendered below with those classes.
   value: {{ $c.contextLength | int | quote }}
 - name: OLLAMA_LOAD_TIMEOUT
   value: {{ $c.loadTimeout | quote }}
+- name: CORRAL_MAX_REQUEST_BODY
+  value: {{ $c.maxRequestBody | quote }}
 {{- include "corral.env.redis" . }}
 {{- include "corral.env.registry" . }}
 {{- end }}

@@ -52,6 +52,28 @@ controller-revision-hash "<name>-<10 characters>", which must fit in 63.
 {{- include "corral.statefulName" (list . "redis") }}
 {{- end }}
 
+{{/* The bundled Sentinel group: its pods' addresses (host:redis-port:sentinel-port, in ordinal
+order), the name its master is monitored under, and the URL routers and workers use. */}}
+{{- define "corral.redisPeers" -}}
+{{- $name := include "corral.redisName" . -}}
+{{- $peers := list -}}
+{{- range $i := until (int .Values.redis.sentinel.replicas) -}}
+{{- $peers = append $peers (printf "%s-%d.%s-headless:6379:26379" $name $i $name) -}}
+{{- end -}}
+{{- join " " $peers -}}
+{{- end }}
+
+{{- define "corral.redisSentinelService" -}}corral{{- end }}
+
+{{- define "corral.redisSentinelURL" -}}
+{{- $name := include "corral.redisName" . -}}
+{{- $hosts := list -}}
+{{- range $i := until (int .Values.redis.sentinel.replicas) -}}
+{{- $hosts = append $hosts (printf "%s-%d.%s-headless:26379" $name $i $name) -}}
+{{- end -}}
+redis+sentinel://{{ join "," $hosts }}/{{ include "corral.redisSentinelService" . }}/0
+{{- end }}
+
 {{- define "corral.registryName" -}}
 {{- include "corral.statefulName" (list . "registry") }}
 {{- end }}

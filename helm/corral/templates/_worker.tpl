@@ -85,6 +85,10 @@ spec:
               value: {{ $w.kvCacheType | quote }}
             - name: CORRAL_DRAIN_TIMEOUT
               value: {{ printf "%ds" ($w.drainTimeoutSeconds | int) | quote }}
+            - name: CORRAL_MAX_MESSAGES
+              value: {{ $root.Values.config.maxMessages | int | quote }}
+            - name: CORRAL_MAX_INPUTS
+              value: {{ $root.Values.config.maxInputs | int | quote }}
             - name: CORRAL_WORKER_LABELS
               value: {{ include "corral.worker.labels" (list $poolName $pool) | quote }}
             {{- if $threads }}
