@@ -32,6 +32,9 @@ def _exit_cleanly(_signum: int, _frame: object) -> None:
 def run_worker(_args: argparse.Namespace) -> None:
     import uvicorn
 
+    from corral.worker.malloc import limit_arenas
+
+    limit_arenas()  # before the imports below start threads that allocate
     from corral.logs import configure_logging
     from corral.worker.app import create_app
     from corral.worker.registration import WorkerServer

@@ -31,6 +31,8 @@ from pathlib import Path
 import llama_cpp as lc
 import numpy as np
 
+from corral.worker.malloc import release_free_memory
+
 logger = logging.getLogger(__name__)
 
 _llama_logger = logging.getLogger("corral.llama_cpp")
@@ -264,6 +266,7 @@ FIRST_PREFILL_CHUNK = 4  # before the engine has timed a step like this one
 # last one, against 1.7 s whole). Long prompts stay chunked, so running streams keep their pace.
 WHOLE_PROMPT = 128
 EMBED_SEQS = 16  # embedding inputs decoded together in one llama_decode
+EMBED_MIN_CTX = 512  # the smallest embedding context (tokens): inputs packed together fill it
 
 
 class _Slot:
@@ -308,6 +311,10 @@ class Engine:
             raise EngineError("failed to create llama.cpp context")
         self.ctx = ctx
         self.mem = lc.llama_get_memory(ctx)
+        # Write the whole KV cache once, now: the system counts its pages only as they are first
+        # written, so a worker's memory would creep up to its allocation over minutes as
+        # conversations fill the cache (and a shortage would show mid-generation, not at load).
+        lc.llama_memory_clear(self.mem, True)
         self.n_batch = params.n_batch
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
         self._embed_ctx = None
@@ -350,6 +357,7 @@ class Engine:
         if self._embed_ctx:
             lc.llama_free(self._embed_ctx)
         self.model.close()
+        release_free_memory()
 
     # -- the decode loop (engine thread only) -------------------------------------------------
 
@@ -709,25 +717,34 @@ class Engine:
             job.done(vectors[at : at + len(job.inputs)])
             at += len(job.inputs)
 
-    def _embed_context(self):
-        if self._embed_ctx is None:
-            params = _context_params(
-                self.options, n_ctx=self.n_ctx, n_seq=EMBED_SEQS, threads=self.threads, embeddings=True
-            )
+    def _embed_context(self, longest: int):
+        """The embedding context, large enough for an input of ``longest`` tokens: the smallest
+        power of two from EMBED_MIN_CTX up to the model's context. A decode takes each input
+        whole (pooling needs every token of a sequence in one micro-batch), so the compute
+        buffer grows with the square of this size: sized to the longest input seen, a model
+        that embeds short texts keeps it small (at 4,096 tokens SmolLM2's takes 1.2 GiB)."""
+        room = min(self.n_ctx, max(EMBED_MIN_CTX, 1 << max(0, longest - 1).bit_length()))
+        if self._embed_ctx is not None and self._embed_batch_size >= room:
+            return self._embed_ctx
+        if self._embed_ctx is not None:  # a longer input than so far: a larger context
+            lc.llama_free(self._embed_ctx)
+            self._embed_ctx = None
+            release_free_memory()
+        params = _context_params(self.options, n_ctx=room, n_seq=EMBED_SEQS, threads=self.threads, embeddings=True)
+        ctx = lc.llama_init_from_model(self.model.ptr, params)
+        if ctx and lc.llama_pooling_type(ctx) == lc.LLAMA_POOLING_TYPE_NONE:
+            # A generative model has no pooling of its own: average its token states.
+            lc.llama_free(ctx)
+            params.pooling_type = lc.LLAMA_POOLING_TYPE_MEAN
             ctx = lc.llama_init_from_model(self.model.ptr, params)
-            if ctx and lc.llama_pooling_type(ctx) == lc.LLAMA_POOLING_TYPE_NONE:
-                # A generative model has no pooling of its own: average its token states.
-                lc.llama_free(ctx)
-                params.pooling_type = lc.LLAMA_POOLING_TYPE_MEAN
-                ctx = lc.llama_init_from_model(self.model.ptr, params)
-            if not ctx:
-                raise EngineError("failed to create embedding context")
-            self._embed_ctx = ctx
-            self._embed_batch_size = params.n_batch
-        return self._embed_ctx
+        if not ctx:
+            raise EngineError("failed to create embedding context")
+        self._embed_ctx = ctx
+        self._embed_batch_size = params.n_batch
+        return ctx
 
     def _embed_inputs(self, inputs: list[list[int]]) -> list[list[float]]:
-        ctx = self._embed_context()
+        ctx = self._embed_context(max((len(tokens) for tokens in inputs), default=1))
         room = self._embed_batch_size
         mem = lc.llama_get_memory(ctx)
         bos = lc.llama_vocab_bos(self.model.vocab)
