@@ -243,6 +243,20 @@ def test_cache_reuses_and_notices_changes(tmp_path):
     assert cache.read(path).architecture == "qwen2"
 
 
+def test_a_used_blob_is_not_parsed_again(tmp_path):
+    # The worker's blob cache touches a blob on every use; its bytes are its name, so the
+    # header read before still holds (a cache keyed on mtime filled itself with copies).
+    cache = GGUFCache(maxsize=4)
+    path = write(tmp_path, gguf_bytes(LLAMA_KV), "sha256-" + "ab" * 32)
+    first = cache.read(path)
+    os.utime(path, (time.time() + 60, time.time() + 60))
+    assert cache.read(path) is first
+    other = write(tmp_path, gguf_bytes(LLAMA_KV), "model.gguf")
+    before = cache.read(other)
+    os.utime(other, (time.time() + 60, time.time() + 60))
+    assert cache.read(other) is not before  # a file of any other name may have changed
+
+
 def test_cache_is_bounded(tmp_path):
     cache = GGUFCache(maxsize=2)
     paths = [write(tmp_path, gguf_bytes(LLAMA_KV), f"m{i}.gguf") for i in range(3)]

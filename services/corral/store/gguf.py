@@ -11,6 +11,7 @@ import logging
 import math
 import mmap
 import os
+import re
 import struct
 import threading
 from array import array
@@ -319,8 +320,16 @@ def human_number(n: int) -> str:
     return str(n)
 
 
+# A blob in Ollama's layout: its name is the sha256 of its bytes.
+_BLOB_NAME = re.compile(r"sha256-[0-9a-f]{64}")
+
+
 class GGUFCache:
-    """Recently read headers, keyed by (path, mtime, size) so a replaced file is re-read.
+    """Recently read headers, keyed by the file (path, inode, size, mtime) so a replaced file
+    is re-read. A blob's bytes are its name, so its mtime is left out of its key: the worker's
+    blob cache touches a blob each time it is used (least-recently-used pruning), and a key
+    with the mtime in it would parse the header again after every touch, keeping up to
+    ``maxsize`` copies of one vocabulary.
 
     Bounded because one entry holds a whole vocabulary (~10 MB of Python strings for a
     50k-token model); a handful covers the models a server actually shows or loads.
@@ -329,12 +338,14 @@ class GGUFCache:
 
     def __init__(self, maxsize: int = 8) -> None:
         self.maxsize = maxsize
-        self._entries: OrderedDict[tuple[str, int, int], GGUFInfo] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int, int, int], GGUFInfo] = OrderedDict()
         self._lock = threading.Lock()
 
     def read(self, path: str | os.PathLike[str]) -> GGUFInfo:
         stat = os.stat(path)
-        key = (str(Path(path)), stat.st_mtime_ns, stat.st_size)
+        path = Path(path)
+        changed = 0 if _BLOB_NAME.fullmatch(path.name) else stat.st_mtime_ns
+        key = (str(path), stat.st_ino, stat.st_size, changed)
         with self._lock:
             info = self._entries.get(key)
             if info is not None:
