@@ -1,4 +1,4 @@
-"""Tests for corral.worker.gotemplate, a Python port of Go's text/template.
+"""Tests for corral.gotemplate, a Python port of Go's text/template.
 
 Expected outputs are derived by hand from Go's semantics (and, for the model
 templates, agree with the renderings in ollama/ollama's template testdata).
@@ -10,13 +10,8 @@ import re
 import time
 
 import pytest
-from corral.worker.gotemplate import (
-    MISSING,
-    Template,
-    TemplateError,
-    TemplateExecError,
-    go_json,
-)
+from corral.gocompat import marshal as go_json
+from corral.gotemplate import MISSING, Template, TemplateError, TemplateExecError
 
 
 def render(source, data=None, **funcs):

@@ -363,8 +363,6 @@ def test_create_file_problems_are_400s(store, files, fragment):
 
 
 def test_template_errors_are_400s(store):
-    gotemplate = pytest.importorskip("corral.worker.gotemplate")
-    assert gotemplate
     with pytest.raises(BadRequestError) as info:
         run(store.create({"model": "m", "from": "x", "template": "{{ .Prompt "}).__anext__())
     assert info.value.message.startswith("template error: ")

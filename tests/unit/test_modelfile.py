@@ -4,6 +4,7 @@ import logging
 
 import pytest
 
+from corral.gocompat import quote as go_quote
 from corral.store.modelfile import (
     Command,
     ModelfileError,
@@ -11,7 +12,6 @@ from corral.store.modelfile import (
     format_modelfile,
     format_parameters,
     go_format,
-    go_quote,
     parse_modelfile,
 )
 

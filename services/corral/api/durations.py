@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from corral.api.errors import BadRequestError
+from corral.gocompat import type_name
 
 FOREVER = math.inf
 
@@ -71,12 +72,8 @@ def parse_keep_alive(value: Any) -> float | None:
         seconds = float(value)
     elif isinstance(value, str):
         seconds = parse_go_duration(value.strip())
-    elif isinstance(value, list):  # Go's %T of what it decoded
-        raise DurationError("Unsupported type: '[]interface {}'")
-    elif isinstance(value, dict):
-        raise DurationError("Unsupported type: 'map[string]interface {}'")
-    else:
-        raise DurationError(f"Unsupported type: '{type(value).__name__}'")
+    else:  # Go's %T of what it decoded
+        raise DurationError(f"Unsupported type: '{type_name(value)}'")
     # Past what Go's duration holds, as good as forever (Go's own overflow would unload at once).
     return FOREVER if seconds < 0 or seconds > MAX_SECONDS else seconds
 

@@ -30,6 +30,7 @@ from json.decoder import scanstring
 from typing import Any
 
 from corral.api.errors import BadRequestError
+from corral.gocompat import quote
 
 MAX_DEPTH = 10_000  # Go's encoding/json: maxNestingDepth
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -89,9 +90,7 @@ def _quote_char(char: str) -> str:
         return "'\\''"
     if char == '"':
         return "'\"'"
-    if char.isprintable():
-        return f"'{char}'"
-    return "'" + json.dumps(char)[1:-1].replace("\\u00", "\\x") + "'"
+    return "'" + quote(char)[1:-1] + "'"
 
 
 def _syntax_error(exc: json.JSONDecodeError) -> str:

@@ -34,6 +34,7 @@ from typing import Any
 
 from corral.api.errors import BadRequestError, openai_error_body
 from corral.api.gojson import INT64_MAX, INT64_MIN, json_kind
+from corral.gocompat import type_name
 from corral.api.streams import SSE_DONE, dumps, parse_time, sse_event
 
 SYSTEM_FINGERPRINT = "fp_ollama"
@@ -81,21 +82,6 @@ def new_completion_id() -> str:
 
 
 # -- reading bodies with Go's type errors -------------------------------------
-
-
-def _go_type(value: Any) -> str:
-    """Go's ``%T`` for a value ``encoding/json`` decoded into ``any``."""
-    if value is None:
-        return "<nil>"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "float64"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "[]interface {}"
-    return "map[string]interface {}"
 
 
 class _Fields:
@@ -298,7 +284,7 @@ def _native_messages(messages: list[_Fields]) -> list[dict[str, Any]]:
             made = [_part_message(role, part) for part in content] or [_message(role, "")]
         elif raw_tool_calls is None:
             # content may only be left out when the message carries tool calls
-            raise BadRequestError(f"invalid message content type: {_go_type(content)}")
+            raise BadRequestError(f"invalid message content type: {type_name(content)}")
         else:
             made = [_message(role, "")]
 
@@ -598,7 +584,7 @@ def completion_request(body: Any) -> dict[str, Any]:
     elif isinstance(stop, list):
         for s in stop:
             if not isinstance(s, str):
-                raise BadRequestError(f"invalid type for 'stop' field: {_go_type(s)}")
+                raise BadRequestError(f"invalid type for 'stop' field: {type_name(s)}")
         options["stop"] = list(stop)
     if max_tokens is not None:
         options["num_predict"] = max_tokens

@@ -37,8 +37,10 @@ from corral.api.errors import (
 )
 from corral.api.options import validate_options
 from corral.api.streams import format_time
+from corral.gocompat import encode, quote
+from corral.gotemplate import Template, TemplateError
 from corral.store.gguf import GGUFError, GGUFInfo, human_number
-from corral.store.modelfile import format_modelfile, format_parameters, go_quote, parse_modelfile
+from corral.store.modelfile import format_modelfile, format_parameters, parse_modelfile
 from corral.store.names import ModelName
 
 logger = logging.getLogger(__name__)
@@ -474,9 +476,9 @@ class ModelStore:
                         for key, value in inherited.items():
                             merged.setdefault(key, value)
             merged.update(parameters)
-            layers = _without(layers, MEDIA_PARAMS) + [text_layer(MEDIA_PARAMS, _go_json(merged, sort_keys=True))]
+            layers = _without(layers, MEDIA_PARAMS) + [text_layer(MEDIA_PARAMS, encode(merged, sort_keys=True))]
         if messages:
-            layers = _without(layers, MEDIA_MESSAGES) + [text_layer(MEDIA_MESSAGES, _go_json(messages))]
+            layers = _without(layers, MEDIA_MESSAGES) + [text_layer(MEDIA_MESSAGES, encode(messages))]
 
         config["rootfs"] = {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]}
         return _CreatePlan(name=name, layers=layers, new_blobs=new_blobs, config=config, statuses_before=statuses)
@@ -580,7 +582,7 @@ class ModelStore:
         if old is not None:
             with suppress(OSError, ValueError):
                 old_digests = manifest_digests(self._read_manifest(old[1])[1])
-        config_bytes = _go_json(plan.config)
+        config_bytes = encode(plan.config)
         config_hex, _ = self._put_small_blob(config_bytes)
         manifest = {
             "schemaVersion": 2,
@@ -628,21 +630,21 @@ class ModelStore:
 
     async def copy(self, source: str, destination: str) -> None:
         """Duplicate a manifest under a new name; the blobs are shared."""
-        src = _parse_or(source, f"source {go_quote(str(source))} is invalid")
-        dst = _parse_or(destination, f"destination {go_quote(str(destination))} is invalid")
+        src = _parse_or(source, f"source {quote(str(source))} is invalid")
+        dst = _parse_or(destination, f"destination {quote(str(destination))} is invalid")
         async with self._lock:
             await asyncio.to_thread(self._copy_sync, src, dst, source)
 
     def _copy_sync(self, src: ModelName, dst: ModelName, requested: str) -> None:
         located = self._locate(src)
         if located is None:
-            raise NotFoundError(f"model {go_quote(requested)} not found")
+            raise NotFoundError(f"model {quote(requested)} not found")
         data = self._read_manifest(located[1])[0]
         self._write_manifest_sync(self._existing_or(dst), data)
 
     async def delete(self, name: str) -> None:
         """Remove a manifest, its empty directories, and the blobs only it used."""
-        parsed = _parse_or(name, f"name {go_quote(str(name))} is invalid")
+        parsed = _parse_or(name, f"name {quote(str(name))} is invalid")
         async with self._lock:
             await asyncio.to_thread(self._delete_sync, parsed, name)
 
@@ -666,24 +668,6 @@ class ModelStore:
 
 def _compact_json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _go_json(value: Any, *, sort_keys: bool = False) -> bytes:
-    """What Go's ``json.Encoder.Encode`` writes: compact, HTML-escaped, newline-terminated.
-
-    Matching it byte for byte gives the same layer digests Ollama would, so the same
-    parameters or messages share a blob with models Ollama created in this store.
-    """
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys)
-    for raw, escaped in (
-        ("<", "\\u003c"),
-        (">", "\\u003e"),
-        ("&", "\\u0026"),
-        ("\u2028", "\\u2028"),
-        ("\u2029", "\\u2029"),
-    ):
-        text = text.replace(raw, escaped)
-    return (text + "\n").encode()
 
 
 def _without(layers: list[dict], *media_types: str) -> list[dict]:
@@ -817,11 +801,6 @@ def _check_messages(value: Any) -> list[dict] | None:
 
 
 def _check_template(template: str) -> None:
-    try:
-        from corral.worker.gotemplate import Template, TemplateError
-    except ImportError:  # a router-only install may not ship the worker's template engine
-        logger.warning("cannot check templates: corral.worker.gotemplate is not available")
-        return
     try:
         Template(template, funcs=_TEMPLATE_FUNCS)
     except TemplateError as exc:

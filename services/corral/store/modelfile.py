@@ -12,15 +12,14 @@ line numbers counted the way it counts them.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal
 from collections.abc import Iterable
 from typing import Any
 
 from corral.api.errors import BadRequestError, OptionError
 from corral.api.options import DEPRECATED_PARAMETERS, merge_parameters, parse_parameter
+from corral.gocompat import format_float, quote
 
 logger = logging.getLogger(__name__)
 
@@ -350,7 +349,7 @@ def go_format(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
-        return _go_float(float(value))
+        return format_float(float(value))
     if value is None:
         return "<nil>"
     return str(value)
@@ -359,52 +358,5 @@ def go_format(value: Any) -> str:
 def go_repr(value: Any) -> str:
     """Go's ``%#v``: strings quoted, numbers and booleans as ``%v``."""
     if isinstance(value, str):
-        return go_quote(value)
+        return quote(value)
     return go_format(value)
-
-
-def go_quote(text: str) -> str:
-    """Go's ``strconv.Quote``."""
-    out = ['"']
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch.isprintable():
-            out.append(ch)
-        elif ch in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        elif ord(ch) < 0x10000:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(f"\\U{ord(ch):08x}")
-    out.append('"')
-    return "".join(out)
-
-
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
-
-
-def _go_float(value: float) -> str:
-    """``strconv.FormatFloat(v, 'g', -1, 64)``: shortest digits, exponent from 1e+06 on."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == 0:
-        return "-0" if math.copysign(1.0, value) < 0 else "0"
-    sign, digits, exponent = Decimal(repr(value)).as_tuple()
-    text = "".join(map(str, digits)).rstrip("0")
-    exponent += len(digits) - len(text)
-    point = len(text) + exponent  # position of the decimal point within the digits
-    prefix = "-" if sign else ""
-    exp10 = point - 1
-    if exp10 < -4 or exp10 >= 6:
-        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
-        return f"{prefix}{mantissa}e{'-' if exp10 < 0 else '+'}{abs(exp10):02d}"
-    if point <= 0:
-        return f"{prefix}0.{'0' * -point}{text}"
-    if point >= len(text):
-        return prefix + text + "0" * (point - len(text))
-    return f"{prefix}{text[:point]}.{text[point:]}"

@@ -1,7 +1,7 @@
 """Turning requests into prompt text: a model's chat template, its capabilities, tool calls.
 
 A model's TEMPLATE layer is Go text/template (as in every Ollama-library model) and is
-rendered with ``corral.worker.gotemplate``. Without one, the GGUF's own
+rendered with ``corral.gotemplate``. Without one, the GGUF's own
 ``tokenizer.chat_template`` (Jinja) is used. Capabilities are derived the way Ollama
 derives them: ``tools`` when the template reads the tools, ``insert`` when it reads the
 suffix, ``thinking`` when it reads the think flag, ``embedding`` for pooling models.
@@ -20,7 +20,8 @@ from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from corral.api.errors import BadRequestError
-from corral.worker.gotemplate import MISSING, Template, TemplateError, go_json
+from corral.gocompat import marshal
+from corral.gotemplate import MISSING, Template, TemplateError
 
 # Go field names (as templates read them) for the JSON keys of Ollama's api types.
 _GO_FIELDS = {
@@ -77,7 +78,7 @@ class GoStruct:
         return self._data
 
     def __str__(self) -> str:
-        return go_json(self._data)
+        return marshal(self._data)
 
 
 def _go(value: Any) -> Any:
