@@ -13,12 +13,13 @@ import time
 
 import httpx
 
+from corral.api.errors import CorralError
 from corral.settings import parse_ollama_host
 
 WAIT_POLL_S = 1.0
 
 
-class PullFailed(Exception):
+class PullFailedError(CorralError):
     pass
 
 
@@ -42,7 +43,7 @@ def wait_until_up(client: httpx.Client, endpoint: str, wait_s: float) -> None:
         except httpx.HTTPError as exc:
             problem = str(exc) or type(exc).__name__
         if time.monotonic() >= deadline:
-            raise PullFailed(f"{endpoint} did not answer within {wait_s:g}s ({problem})")
+            raise PullFailedError(f"{endpoint} did not answer within {wait_s:g}s ({problem})")
         time.sleep(WAIT_POLL_S)
 
 
@@ -52,19 +53,19 @@ def pull(client: httpx.Client, endpoint: str, model: str, *, insecure: bool, out
     with client.stream("POST", endpoint + "/api/pull", json=body, timeout=httpx.Timeout(30, read=600)) as reply:
         if reply.status_code != 200:
             reply.read()
-            raise PullFailed(f"pulling {model}: {_error_of(reply.text) or reply.status_code}")
+            raise PullFailedError(f"pulling {model}: {_error_of(reply.text) or reply.status_code}")
         for line in reply.iter_lines():
             if not line.strip():
                 continue
             event = json.loads(line)
             if "error" in event:
-                raise PullFailed(f"pulling {model}: {event['error']}")
+                raise PullFailedError(f"pulling {model}: {event['error']}")
             status = event.get("status", "")
             if status != last:  # one line per step, not per progress tick
                 print(f"{model}: {status}", file=out, flush=True)
                 last = status
     if last != "success":
-        raise PullFailed(f"pulling {model}: the stream ended before success")
+        raise PullFailedError(f"pulling {model}: the stream ended before success")
 
 
 def _error_of(text: str) -> str | None:
@@ -80,7 +81,7 @@ def run(models: list[str], *, endpoint: str, wait_s: float, insecure: bool) -> i
             wait_until_up(client, endpoint, wait_s)
             for model in models:
                 pull(client, endpoint, model, insecure=insecure)
-        except (PullFailed, httpx.HTTPError) as exc:
+        except (PullFailedError, httpx.HTTPError) as exc:
             print(f"corral pull: {exc}", file=sys.stderr)
             return 1
     return 0

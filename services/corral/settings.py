@@ -109,6 +109,8 @@ class CommonSettings(BaseSettings):
     OLLAMA_HOST: str = "127.0.0.1:11434"
     OLLAMA_ORIGINS: str = ""
     OLLAMA_KEEP_ALIVE: str = "5m"
+    # A model load that takes longer fails (on a router: the first byte of a cold request).
+    OLLAMA_LOAD_TIMEOUT: str = "5m"
     OLLAMA_DEBUG: str = ""
     CORRAL_LOG_FORMAT: str = "text"
     # Air-gapped sites: pulls from an upstream host go to its mirror ("host=url,host=url").
@@ -129,9 +131,9 @@ class CommonSettings(BaseSettings):
         parse_ollama_host(value)
         return value
 
-    @field_validator("OLLAMA_KEEP_ALIVE")
+    @field_validator("OLLAMA_KEEP_ALIVE", "OLLAMA_LOAD_TIMEOUT")
     @classmethod
-    def _check_keep_alive(cls, value: str) -> str:
+    def _check_durations(cls, value: str) -> str:
         return check_duration(value)
 
     @field_validator("CORRAL_DRAIN_TIMEOUT")
@@ -154,6 +156,11 @@ class CommonSettings(BaseSettings):
     @property
     def drain_timeout_seconds(self) -> float:
         return parse_env_keep_alive(self.CORRAL_DRAIN_TIMEOUT)
+
+    @property
+    def load_timeout_seconds(self) -> float:
+        seconds = parse_env_keep_alive(self.OLLAMA_LOAD_TIMEOUT)
+        return math.inf if seconds <= 0 else seconds  # <= 0: no limit, as in Ollama
 
     @field_validator("CORRAL_LOG_FORMAT")
     @classmethod

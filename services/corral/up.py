@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from corral.api.errors import CorralError
 from corral.cluster.redis_client import check_redis_url
 from corral.settings import DEFAULT_MAX_REQUEST_BODY, parse_size
 
@@ -39,7 +40,7 @@ STOP_TIMEOUT_S = 40.0  # a draining worker may take its CORRAL_DRAIN_TIMEOUT
 NGINX_DIR = Path(__file__).resolve().parents[2] / "deploy" / "nginx"
 
 
-class UpError(Exception):
+class UpError(CorralError):
     """Something ``corral up`` cannot start; the message says what to do."""
 
 

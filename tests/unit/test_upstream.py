@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from corral.router.upstream import Upstream, UpstreamBroken, UpstreamTimeout
+from corral.router.upstream import Upstream, WorkerConnectionError, WorkerTimeoutError
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -122,7 +122,7 @@ def test_a_cut_stream_gives_what_came_then_fails():
             upstream = Upstream(connect_timeout=2)
             reply = await post(upstream, server)
             assert await reply.read() == b'{"response":"a"}\n'
-            with pytest.raises(UpstreamBroken):
+            with pytest.raises(WorkerConnectionError):
                 while await reply.read():
                     pass
             reply.release()
@@ -162,11 +162,11 @@ def test_refused_and_silent_workers_fail_fast():
         upstream = Upstream(connect_timeout=2)
         async with Server(fixed(b"")) as gone:
             url = gone.url
-        with pytest.raises(UpstreamBroken, match="dial tcp"):
+        with pytest.raises(WorkerConnectionError, match="dial tcp"):
             await upstream.post(url, "/api/chat", b"{}", [], first_byte_timeout=5)
         async with Server(silent) as server:
             started = asyncio.get_running_loop().time()
-            with pytest.raises(UpstreamTimeout):
+            with pytest.raises(WorkerTimeoutError):
                 await post(upstream, server, timeout=0.3)
             assert asyncio.get_running_loop().time() - started < 5
         upstream.close()
@@ -194,8 +194,8 @@ def test_an_owner_can_abandon_the_wait():
                 upstream.post(server.url, "/api/generate", b"{}", [], first_byte_timeout=30, owner=owner)
             )
             await asyncio.sleep(0.2)
-            owner.reply.fail(UpstreamBroken("the client went away"))
-            with pytest.raises(UpstreamBroken, match="client went away"):
+            owner.reply.fail(WorkerConnectionError("the client went away"))
+            with pytest.raises(WorkerConnectionError, match="client went away"):
                 await waiting
             await asyncio.wait_for(seen_close.wait(), 5)
             upstream.close()
@@ -250,7 +250,7 @@ def test_a_cut_piped_stream_fails_after_what_came():
             upstream = Upstream(connect_timeout=2)
             reply = await post(upstream, server)
             sink = Sink()
-            with pytest.raises(UpstreamBroken):
+            with pytest.raises(WorkerConnectionError):
                 await reply.pipe(sink, sink.drained, gap=5)
             assert b"".join(sink.pieces) == b'{"response":"a"}\n{"response":"b"}\n'
             reply.release()
@@ -274,7 +274,7 @@ def test_a_piped_stream_that_goes_quiet_times_out_once_per_gap():
             sink = Sink()
             loop = asyncio.get_running_loop()
             started = loop.time()
-            with pytest.raises(UpstreamTimeout):
+            with pytest.raises(WorkerTimeoutError):
                 await reply.pipe(sink, sink.drained, gap=0.3)
             # 0.5 s of pieces kept it going; the silence ended it within two gaps of the last piece
             assert len(sink.pieces) == 6

@@ -12,6 +12,11 @@
     ├── UpstreamError           502  a registry or worker could not be reached
     └── UpstreamTimeoutError    504  a registry or worker did not answer in time
 
+Every error a module defines for itself derives from one of these (GGUFError, RegistryError,
+EngineError, TemplateError...), so the table below maps each to a status, and a handler that
+catches CorralError misses none. Exceptions private to one module (a parser's own signals,
+named with a leading underscore) never leave it.
+
 Messages are Ollama's, byte for byte, because clients match on them. Library
 exceptions are translated where they enter (``raise ... from exc``) so that
 nothing here has to guess a status from exception text.

@@ -109,11 +109,6 @@ async def heartbeat(redis: Any, info: WorkerInfo) -> None:
     await register(redis, info)
 
 
-async def set_state(redis: Any, info: WorkerInfo, state: str) -> None:
-    info.state = state
-    await register(redis, info)
-
-
 async def deregister(redis: Any, worker_id: str) -> None:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.zrem(WORKERS, worker_id)

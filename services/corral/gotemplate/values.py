@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from corral.api.errors import CorralError
 from corral.gocompat import type_name
 
 
-class TemplateError(ValueError):
+class TemplateError(CorralError, ValueError):
     """The template could not be parsed (or, as TemplateExecError, rendered)."""
 
 
@@ -16,7 +17,7 @@ class TemplateExecError(TemplateError):
     """Rendering failed, e.g. ``index`` out of range or an undefined template."""
 
 
-class FuncError(Exception):
+class FuncError(CorralError):
     """Raised by builtin functions; the executor prefixes 'error calling NAME:'."""
 
 

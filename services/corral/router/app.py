@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from corral.api import requests
+from corral.api import OLLAMA_VERSION, requests
 from corral.api.http import (
     json_response,
     read_json,
@@ -45,7 +45,6 @@ from corral.store.routes import router as models_router
 
 logger = logging.getLogger(__name__)
 
-OLLAMA_VERSION = "0.33.0"
 REAP_EVERY_S = 1.0
 PS_TIMEOUT_S = 5.0
 

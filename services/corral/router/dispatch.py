@@ -43,7 +43,7 @@ from corral.router.offline import OfflineLeases
 from corral.router.placement import plan_load
 from corral.router.settings import RouterSettings
 from corral.router.state import NEVER, QUEUE_RENEW_S, ClusterState
-from corral.router.upstream import Reply, Upstream, UpstreamBroken
+from corral.router.upstream import Reply, Upstream, WorkerConnectionError
 from corral.store.gguf import kv_cache_bytes
 from corral.store.names import ModelName, is_valid_name
 from corral.store.oci import RegistryStore
@@ -83,7 +83,7 @@ class Downstream:
         """The client left: stop queueing, and close the worker connection so the worker stops too."""
         self.disconnected = True
         if self.reply is not None:
-            self.reply.fail(UpstreamBroken("the client went away"))
+            self.reply.fail(WorkerConnectionError("the client went away"))
 
 
 @dataclass
@@ -262,7 +262,7 @@ class Dispatcher:
                     first = await reply.read_all()  # not streamed: whole, so a cut is still retried
                 else:
                     first = await reply.read_within(timeout)
-            except (UpstreamBroken, _Retry) as exc:
+            except (WorkerConnectionError, _Retry) as exc:
                 if reply is not None:
                     reply.release()
                 await self.finish(worker, model, keep_alive)

@@ -35,7 +35,7 @@ from corral.api.errors import BadRequestError, CorralError
 from corral.api.http import answer_error, decode_json
 from corral.api.streams import ndjson_line
 from corral.router.dispatch import HOP_HEADERS, Dispatcher, Downstream, Forwarded
-from corral.router.upstream import UpstreamBroken
+from corral.router.upstream import WorkerConnectionError
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ async def _relay(
             else:
                 while chunk := await reply.read_within(gap):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except UpstreamBroken as exc:
+        except WorkerConnectionError as exc:
             if not client.disconnected:
                 await send(_cut_message(answer, exc))
         await give_back()
@@ -178,7 +178,7 @@ class _ClientPipe:
         while not self.transport.is_closing() and self.transport.get_write_buffer_size() > self.LOW_WATER:
             await asyncio.sleep(0.01)
         if self.transport.is_closing():
-            raise UpstreamBroken("the client went away")
+            raise WorkerConnectionError("the client went away")
 
 
 def _cut_message(answer: Forwarded, exc: Exception) -> Message:

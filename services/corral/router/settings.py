@@ -7,9 +7,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from corral.api.durations import parse_env_keep_alive
 from corral.cluster.redis_client import check_redis_url
-from corral.settings import CommonSettings, check_duration
+from corral.settings import CommonSettings
 from corral.store.registry import parse_registry_url
 
 
@@ -18,7 +17,6 @@ class RouterSettings(CommonSettings):
     CORRAL_REGISTRY_URL: str = Field("http://127.0.0.1:5000", description="the cluster's model registry")
     OLLAMA_MAX_QUEUE: int = Field(512, ge=1, description="requests waiting per model, cluster-wide, before 503")
     OLLAMA_CONTEXT_LENGTH: int = Field(0, ge=0, description="default num_ctx for memory estimates; 0 means 4096")
-    OLLAMA_LOAD_TIMEOUT: str = Field("5m", description="a load (first byte of a cold request) that takes longer fails")
     CORRAL_CONNECT_TIMEOUT: float = Field(5.0, gt=0, description="seconds to connect to a worker")
     CORRAL_RETRIES: int = Field(2, ge=0, le=10, description="extra workers tried when one fails before the first byte")
     CORRAL_ROUTER_PROCESSES: int = Field(1, ge=1, le=64, description="gunicorn worker processes per router")
@@ -41,16 +39,6 @@ class RouterSettings(CommonSettings):
     def _check_redis(cls, value: str) -> str:
         return check_redis_url(value)
 
-    @field_validator("OLLAMA_LOAD_TIMEOUT")
-    @classmethod
-    def _check_load_timeout(cls, value: str) -> str:
-        return check_duration(value)
-
     @property
     def default_num_ctx(self) -> int:
         return self.OLLAMA_CONTEXT_LENGTH or 4096
-
-    @property
-    def load_timeout_seconds(self) -> float:
-        seconds = parse_env_keep_alive(self.OLLAMA_LOAD_TIMEOUT)
-        return float("inf") if seconds <= 0 else seconds

@@ -28,17 +28,20 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from corral.api.errors import UpstreamError
+
 MAX_IDLE_PER_WORKER = 256
 # Workers keep idle connections open 75 s (``corral worker``); reuse stops well before.
 IDLE_FOR_AT_MOST_S = 30.0
 HIGH_WATER = 1 << 20
 
 
-class UpstreamBroken(Exception):
-    """The worker could not be reached, or the connection failed before the answer was complete."""
+class WorkerConnectionError(UpstreamError):
+    """The worker could not be reached, or the connection failed before the answer was complete
+    (the dispatcher retries elsewhere, or ends the stream with an error line)."""
 
 
-class UpstreamTimeout(UpstreamBroken):
+class WorkerTimeoutError(WorkerConnectionError):
     pass
 
 
@@ -99,7 +102,7 @@ class Reply:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self.fail(UpstreamBroken(f"bad response from worker: {exc}"))
+            self.fail(WorkerConnectionError(f"bad response from worker: {exc}"))
             return
         if self._sink is not None and self._chunks:
             self._pass_on()
@@ -149,7 +152,7 @@ class Reply:
 
     async def read(self) -> bytes:
         """What arrived since the last read, as one piece (b"" once the body is complete).
-        Raises UpstreamBroken if the connection broke first; bytes that came before are returned first."""
+        Raises WorkerConnectionError if the connection broke first; bytes that came before are returned first."""
         while not self._chunks:
             if self._done:
                 return b""
@@ -171,7 +174,7 @@ class Reply:
         if self._chunks or self._done or math.isinf(timeout):
             return await self.read()
         handle = asyncio.get_running_loop().call_later(
-            timeout, self.fail, UpstreamTimeout(f"no answer from the worker within {timeout:g} s")
+            timeout, self.fail, WorkerTimeoutError(f"no answer from the worker within {timeout:g} s")
         )
         try:
             return await self.read()
@@ -181,7 +184,7 @@ class Reply:
     async def pipe(self, sink: Callable[[bytes], bool], drained: Callable[[], Awaitable[None]], gap: float) -> None:
         """Hand the rest of the body to ``sink`` piece by piece, straight from the read callback,
         until it is complete. ``sink`` returns False when the client has fallen behind; reading
-        then pauses until ``drained()`` returns. Raises UpstreamBroken like ``read``, also when
+        then pauses until ``drained()`` returns. Raises WorkerConnectionError like ``read``, also when
         nothing arrives for ``gap`` seconds (one timer per gap, not one per piece)."""
         loop = asyncio.get_running_loop()
         self._sink = sink
@@ -193,7 +196,7 @@ class Reply:
                 self._moved = False
                 timer = loop.call_later(gap, look)
             else:
-                self.fail(UpstreamTimeout(f"no answer from the worker within {gap:g} s"))
+                self.fail(WorkerTimeoutError(f"no answer from the worker within {gap:g} s"))
 
         try:
             if self._chunks:
@@ -262,7 +265,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.reply is not None:
-            self.reply.fail(UpstreamBroken(f"connection to worker lost: {exc or 'closed by the worker'}"))
+            self.reply.fail(WorkerConnectionError(f"connection to worker lost: {exc or 'closed by the worker'}"))
 
     def abort(self) -> None:
         self.closed = True
@@ -309,7 +312,7 @@ class Upstream:
         if pool is None:
             parts = urlsplit(base_url)
             if parts.scheme != "http" or not parts.hostname:
-                raise UpstreamBroken(f"unsupported worker URL {base_url!r}")
+                raise WorkerConnectionError(f"unsupported worker URL {base_url!r}")
             pool = _WorkerPool(parts.hostname, parts.port or 80, parts.netloc)
             if len(self._pools) > 4096:  # workers come and go: don't keep every one forever
                 self.close()
@@ -337,14 +340,14 @@ class Upstream:
             try:
                 await _wait_head(reply, first_byte_timeout)
                 return reply
-            except UpstreamTimeout:
+            except WorkerTimeoutError:
                 raise
-            except UpstreamBroken:
+            except WorkerConnectionError:
                 if reused and not reply._received:
                     continue  # the worker had closed that idle connection: a fresh one
                 raise
             except BaseException:
-                reply.fail(UpstreamBroken("request abandoned"))
+                reply.fail(WorkerConnectionError("request abandoned"))
                 raise
 
     async def _connect(self, pool: _WorkerPool) -> _Connection:
@@ -353,9 +356,9 @@ class Upstream:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(lambda: _Connection(pool), pool.host, pool.port)
         except TimeoutError as exc:
-            raise UpstreamBroken(f"dial tcp {pool.authority}: i/o timeout") from exc
+            raise WorkerConnectionError(f"dial tcp {pool.authority}: i/o timeout") from exc
         except OSError as exc:
-            raise UpstreamBroken(f"dial tcp {pool.authority}: {exc.strerror or exc}") from exc
+            raise WorkerConnectionError(f"dial tcp {pool.authority}: {exc.strerror or exc}") from exc
         return conn
 
     def close(self) -> None:
@@ -369,7 +372,7 @@ async def _wait_head(reply: Reply, timeout: float) -> None:
         await reply._head
         return
     handle = asyncio.get_running_loop().call_later(
-        timeout, reply.fail, UpstreamTimeout(f"no answer from the worker within {timeout:g} s")
+        timeout, reply.fail, WorkerTimeoutError(f"no answer from the worker within {timeout:g} s")
     )
     try:
         await reply._head

@@ -138,7 +138,7 @@ class _Truncated(ValueError):
     """The header goes on past the bytes we have."""
 
 
-class GGUFTruncated(GGUFError):
+class GGUFTruncatedError(GGUFError):
     pass
 
 
@@ -155,7 +155,7 @@ def read_gguf_prefix(fetch: Callable[[int], bytes], size: int, *, first: int = 2
             if len(data) < 24:
                 raise GGUFError("invalid file magic")
             return _Reader(data).read()
-        except GGUFTruncated:
+        except GGUFTruncatedError:
             if n >= size:
                 raise GGUFError("invalid GGUF file: unexpected end of file") from None
             n = min(n * 2, size)
@@ -199,7 +199,7 @@ class _Reader:
                 tensors.append({"name": name, "type": TENSOR_TYPES.get(kind, "unknown"), "shape": shape})
                 parameters += math.prod(shape)
         except _Truncated as exc:
-            raise GGUFTruncated(f"invalid GGUF file: {exc}") from exc
+            raise GGUFTruncatedError(f"invalid GGUF file: {exc}") from exc
         except (struct.error, IndexError, ValueError, OverflowError, MemoryError) as exc:
             raise GGUFError(f"invalid GGUF file: {exc}") from exc
         # Ollama patches the count over whatever the file says; model_info shows it.

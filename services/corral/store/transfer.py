@@ -290,9 +290,6 @@ class RegistryUpload:
 # --- the loop ------------------------------------------------------------------------------------
 
 
-_RETRYABLE = (RegistryError, OSError)
-
-
 def copy_blob(source: Source, target: Target, size: int, progress: Progress, cancelled: Cancelled) -> None:
     """Move ``size`` bytes from source to target, resuming after failures, then finish."""
     last: BaseException | None = None

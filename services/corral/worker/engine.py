@@ -31,6 +31,7 @@ from pathlib import Path
 import llama_cpp as lc
 import numpy as np
 
+from corral.api.errors import CorralError
 from corral.worker.malloc import release_free_memory
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def _init_backend() -> None:
             _backend_ready = True
 
 
-class EngineError(RuntimeError):
+class EngineError(CorralError, RuntimeError):
     """llama.cpp refused to load or decode."""
 
 

@@ -183,11 +183,6 @@ class Inference:
                 raise BadRequestError("illegal base64 data in images") from None
         return decoded
 
-    @staticmethod
-    def _require(model: Model, capability: str, message: str) -> None:
-        if capability not in model.capabilities:
-            raise CapabilityError(message)
-
     # -- /api/generate -----------------------------------------------------------------------
 
     async def generate(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

@@ -27,11 +27,10 @@ from corral.api.http import (
     sse_stream,
     until_disconnect,
 )
+from corral.api import OLLAMA_VERSION
 from corral.api.gojson import Struct
 from corral.api.streams import format_time
 from corral.worker.state import WorkerState
-
-OLLAMA_VERSION = "0.33.0"  # the Ollama API level we implement (ollama-api.md)
 
 
 def get_state(request: Request) -> WorkerState:

@@ -11,9 +11,8 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from corral.api.durations import parse_env_keep_alive
 from corral.cluster.redis_client import check_redis_url, is_sentinel, parse_sentinel_url
-from corral.settings import CommonSettings, HostPort, check_duration, default_models_dir, parse_size
+from corral.settings import CommonSettings, HostPort, default_models_dir, parse_size
 from corral.store.registry import parse_registry_url
 
 _WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
@@ -88,7 +87,6 @@ class WorkerSettings(CommonSettings):
     OLLAMA_MAX_LOADED_MODELS: int = Field(0, ge=0, le=64, description="0 means 3 (Ollama's CPU default)")
     OLLAMA_MAX_QUEUE: int = Field(512, ge=1, description="requests waiting per model before 503")
     OLLAMA_CONTEXT_LENGTH: int = Field(0, ge=0, description="default num_ctx; 0 means 4096")
-    OLLAMA_LOAD_TIMEOUT: str = Field("5m", description="a load that takes longer fails")
     OLLAMA_NOPRUNE: bool = Field(False, description="keep unreferenced blobs")
     OLLAMA_FLASH_ATTENTION: bool | None = Field(
         None, description="llama.cpp flash attention; unset: llama.cpp's auto (on where the backend supports it)"
@@ -128,11 +126,6 @@ class WorkerSettings(CommonSettings):
         if value:
             _PARSED[info.field_name](value)
         return value
-
-    @field_validator("OLLAMA_LOAD_TIMEOUT")
-    @classmethod
-    def _check_load_timeout(cls, value: str) -> str:
-        return check_duration(value)
 
     @field_validator("CORRAL_WORKER_ID")
     @classmethod
@@ -174,9 +167,3 @@ class WorkerSettings(CommonSettings):
     @property
     def worker_labels(self) -> dict[str, str]:
         return parse_labels(self.CORRAL_WORKER_LABELS)
-
-    @property
-    def load_timeout_seconds(self) -> float:
-        seconds = parse_env_keep_alive(self.OLLAMA_LOAD_TIMEOUT)
-        # <= 0 means no limit in Ollama.
-        return float("inf") if seconds <= 0 else seconds
