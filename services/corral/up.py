@@ -65,6 +65,10 @@ class Child:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
     def wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:
             if not self.alive():
@@ -190,7 +194,7 @@ def run(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "1
     children = plan(port=port, workers=workers, routers=routers, data_dir=data_dir, host=host, redis_url=redis_url)
     stopping = False
 
-    def on_signal(signum, frame):  # noqa: ARG001
+    def on_signal(signum, frame):
         nonlocal stopping
         stopping = True
 
@@ -215,7 +219,7 @@ def run(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "1
         while not stopping:
             for child in started:
                 if not child.alive():
-                    logger.error("%s exited (code %s); see %s", child.name, child.process.returncode, child.log)
+                    logger.error("%s exited (code %s); see %s", child.name, child.exit_code, child.log)
                     started.remove(child)
                     break
             time.sleep(0.5)

@@ -31,6 +31,12 @@ class DurationError(BadRequestError):
     pass
 
 
+def _match(pattern: re.Pattern[str], text: str, pos: int) -> str:
+    match = pattern.match(text, pos)
+    assert match is not None  # both patterns match the empty string
+    return match.group()
+
+
 def parse_go_duration(text: str) -> float:
     """Seconds for a Go ``time.ParseDuration`` string, with Go's error messages."""
     original = text
@@ -46,11 +52,11 @@ def parse_go_duration(text: str) -> float:
     total = 0.0
     pos = 0
     while pos < len(text):
-        number = _NUMBER.match(text, pos).group()
+        number = _match(_NUMBER, text, pos)
         if number in ("", "."):
             raise invalid
         pos += len(number)
-        unit = _UNIT.match(text, pos).group()
+        unit = _match(_UNIT, text, pos)
         pos += len(unit)
         if not unit:
             raise DurationError(f'time: missing unit in duration "{original}"')

@@ -26,7 +26,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from json.decoder import scanstring
+from json.decoder import scanstring  # type: ignore[attr-defined]  # public, untyped
 from typing import Any
 
 from corral.api.errors import BadRequestError
@@ -42,6 +42,13 @@ _WS = re.compile(r"[ \t\n\r]*")
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _skip_ws(s: str, i: int) -> int:
+    """The index of the first non-space at or after ``i`` (``_WS`` matches at every index)."""
+    match = _WS.match(s, i)
+    assert match is not None
+    return match.end()
 
 
 class _Refused(Exception):
@@ -118,16 +125,16 @@ def _deep_value(s: str, i: int) -> tuple[Any, int]:
     keys: list[str | None] = []  # the pending key of each open object (None for arrays)
 
     def key_at(j: int) -> tuple[str, int]:
-        j = _WS.match(s, j).end()
+        j = _skip_ws(s, j)
         if s[j:j + 1] != '"':
             raise _Refused(_unexpected(s, j, "looking for beginning of object key string"))
         key, j = scanstring(s, j + 1)
-        j = _WS.match(s, j).end()
+        j = _skip_ws(s, j)
         if s[j:j + 1] != ":":
             raise _Refused(_unexpected(s, j, "after object key"))
-        return key, _WS.match(s, j + 1).end()
+        return key, _skip_ws(s, j + 1)
 
-    i = _WS.match(s, i).end()
+    i = _skip_ws(s, i)
     while True:
         char = s[i:i + 1]
         closed = False
@@ -135,7 +142,7 @@ def _deep_value(s: str, i: int) -> tuple[Any, int]:
             if len(stack) >= MAX_DEPTH:
                 raise _Refused(f"invalid character '{char}' exceeded max depth")
             container: Any = {} if char == "{" else []
-            i = _WS.match(s, i + 1).end()
+            i = _skip_ws(s, i + 1)
             if s[i:i + 1] == ("}" if char == "{" else "]"):
                 value, i, closed = container, i + 1, True
             else:
@@ -156,13 +163,13 @@ def _deep_value(s: str, i: int) -> tuple[Any, int]:
                 parent[keys[-1]] = value
             else:
                 parent.append(value)
-            i = _WS.match(s, i).end()
+            i = _skip_ws(s, i)
             char = s[i:i + 1]
             if char == ",":
                 if isinstance(parent, dict):
                     keys[-1], i = key_at(i + 1)
                 else:
-                    i = _WS.match(s, i + 1).end()
+                    i = _skip_ws(s, i + 1)
                 break
             if char == ("}" if isinstance(parent, dict) else "]"):
                 value = stack.pop()
@@ -223,7 +230,7 @@ def _without_surrogates(value: Any) -> Any:
 def loads(data: bytes | str) -> Any:
     """The first JSON value in ``data``, as Go's decoder reads it (``_Refused`` otherwise)."""
     text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
-    start = _WS.match(text, 0).end()
+    start = _skip_ws(text, 0)
     try:
         value, _ = _DECODER.raw_decode(text, start)
     except json.JSONDecodeError as exc:

@@ -341,7 +341,7 @@ class OllamaAccessMiddleware:
             )(scope, receive, send)
             return
 
-        async def send_with_cors(message: dict) -> None:
+        async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
                 extra = [(b"access-control-allow-origin", allow_origin.encode()), (b"vary", b"Origin")]
                 message = {**message, "headers": list(message.get("headers", [])) + extra}

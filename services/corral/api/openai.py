@@ -34,8 +34,8 @@ from typing import Any
 
 from corral.api.errors import BadRequestError, openai_error_body
 from corral.api.gojson import INT64_MAX, INT64_MIN, json_kind
-from corral.gocompat import type_name
 from corral.api.streams import SSE_DONE, dumps, parse_time, sse_event
+from corral.gocompat import type_name
 
 SYSTEM_FINGERPRINT = "fp_ollama"
 

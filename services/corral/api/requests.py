@@ -10,7 +10,7 @@ with Ollama's messages. The OpenAI bodies are typed field by field in ``corral.a
 
 from __future__ import annotations
 
-from corral.api.gojson import ANY, BOOL, INT, STRING, Base64, Map, Slice, Struct
+from corral.api.gojson import ANY, BOOL, INT, STRING, Base64, GoType, Map, Slice, Struct
 
 OPTIONS = Map(ANY, "map[string]interface {}")
 IMAGES = Slice(Base64(), "[]api.ImageData")
@@ -58,7 +58,7 @@ CREATE = Struct("api.CreateRequest", {
     "messages": MESSAGES, "modelfile": STRING, "path": STRING, "quantize": STRING, "stream": BOOL,
 })
 # `username`/`password` are deprecated and ignored, as in Ollama; still type-checked.
-_TRANSFER = {"model": STRING, "name": STRING, "insecure": BOOL, "stream": BOOL, "username": STRING, "password": STRING}
+_TRANSFER: dict[str, GoType] = {"model": STRING, "name": STRING, "insecure": BOOL, "stream": BOOL, "username": STRING, "password": STRING}
 PULL = Struct("api.PullRequest", _TRANSFER)
 PUSH = Struct("api.PushRequest", _TRANSFER)
 

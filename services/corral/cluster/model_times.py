@@ -14,7 +14,7 @@ cannot answer makes ``agreed`` return None (the store falls back to its own gues
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
 
@@ -39,7 +39,7 @@ class RedisModelTimes:
         except RedisError as exc:
             logger.debug("model times unavailable: %s", exc)
             return None
-        return datetime.fromtimestamp(int(raw) / 1000, tz=timezone.utc) if raw else None
+        return datetime.fromtimestamp(int(raw) / 1000, tz=UTC) if raw else None
 
     def touch(self, key: str) -> None:
         try:

@@ -98,7 +98,7 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
     return _client(url, options, redis.Redis, Sentinel)
 
 
-def _client(url: str, options: dict[str, Any], plain: type, sentinel_class: type) -> Any:
+def _client(url: str, options: dict[str, Any], plain: Any, sentinel_class: Any) -> Any:  # redis's sync or asyncio classes
     if not is_sentinel(url):
         return plain.from_url(url, **options)
     parsed = parse_sentinel_url(url)

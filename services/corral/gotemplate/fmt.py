@@ -118,6 +118,7 @@ def _fmt_one(v: Any, verb: str, flags: str, width: int | None, prec: int | None)
     if verb == "T":
         return _pad(go_type(v), flags, width)
     numeric = False
+    s: str | None  # None: the verb does not apply to the value
     if v is None:
         if verb != "v":
             return _bad_verb(v, verb)
@@ -184,6 +185,7 @@ def sprintf(format_: str, *args: Any) -> str:
             break
         out.append(format_[i:j])
         spec = _FMT_SPEC.match(format_, j)
+        assert spec is not None  # every part of the pattern is optional
         flags, width, prec, verb = spec.groups()
         i = spec.end()
         w = star() if width == "*" else int(width) if width else None

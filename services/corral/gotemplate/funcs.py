@@ -161,6 +161,7 @@ def _slice(item: Any, *indexes: Any) -> Any:
         item = []
     if len(indexes) > 3:
         raise FuncError(f"too many slice indexes: {len(indexes)}")
+    seq: str | bytes | list | tuple
     if isinstance(item, str):
         if len(indexes) == 3:
             raise FuncError("cannot 3-index slice a string")

@@ -260,7 +260,9 @@ class Lexer:
         return end + 1
 
     def number(self, pos: int) -> int:
-        end = _NUMBER_RE.match(self.src, pos).end()
+        match = _NUMBER_RE.match(self.src, pos)
+        assert match is not None  # every part of the pattern is optional
+        end = match.end()
         if end < len(self.src) and _is_alnum(self.src[end]):
             self.error(pos, f"bad number syntax: {quote(self.src[pos : end + 1])}")
         self.emit(NUMBER, self.src[pos:end], pos)

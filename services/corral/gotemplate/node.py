@@ -13,6 +13,7 @@ from corral.gotemplate.funcs import BUILTINS
 
 class Node:
     __slots__ = ("pos",)
+    pos: int
 
 
 class Text(Node):

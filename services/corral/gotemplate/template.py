@@ -15,7 +15,6 @@ from corral.gotemplate.node import (
     Field,
     Ident,
     If,
-    Node,
     Pipe,
     Range,
     TemplateCall,
@@ -36,7 +35,7 @@ def _root_fields(trees: dict[str, list]) -> set[str]:
     found: set[str] = set()
     visited: set[tuple[str, bool]] = set()
 
-    def is_root(node: Node, dot_root: bool, root_vars: set[str]) -> bool:
+    def is_root(node: Any, dot_root: bool, root_vars: set[str]) -> bool:
         t = type(node)
         if t is Dot:
             return dot_root
@@ -51,7 +50,7 @@ def _root_fields(trees: dict[str, list]) -> set[str]:
             len(pipe.cmds) == 1 and len(pipe.cmds[0].args) == 1 and is_root(pipe.cmds[0].args[0], dot_root, root_vars)
         )
 
-    def visit_arg(a: Node, dot_root: bool, root_vars: set[str]) -> None:
+    def visit_arg(a: Any, dot_root: bool, root_vars: set[str]) -> None:
         t = type(a)
         if (t is Field and dot_root) or (t is Variable and a.idents and a.name in root_vars):
             found.add(a.idents[0])

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -73,7 +73,8 @@ async def version() -> Response:
 
 _FORWARD_ROUTES = {}
 for _path in FORWARDED:
-    router.add_route(_path, ForwardEndpoint(_path), methods=["POST"])
+    # An ASGI endpoint (Starlette calls it with scope, receive, send): the stubs know only functions.
+    router.add_route(_path, ForwardEndpoint(_path), methods=["POST"])  # type: ignore[arg-type]
     _FORWARD_ROUTES[_path] = router.routes[-1]
 
 
@@ -109,19 +110,19 @@ async def ps(request: Request) -> Response:
         held.setdefault(placement.model, []).append(placement)
     replies = await asyncio.gather(*(_worker_ps(d.http, w.url) for w in workers))
     entries: dict[str, dict] = {}
-    for worker, models in zip(workers, replies):
+    for models in replies:
         for entry in models:
             entries.setdefault(entry["name"].lower(), entry)
     out = []
     for model, group in held.items():
-        entry = _match(entries, model)
-        if entry is None:
+        found = _match(entries, model)
+        if found is None:
             continue  # placed but not loaded yet (or already gone)
         expiry = max((p.expires_at for p in group), key=lambda e: float("inf") if e == NEVER else e)
-        entry = dict(entry)
+        entry = dict(found)
         entry["workers"] = sorted(p.worker for p in group if p.worker in by_worker)
         if expiry != NEVER:
-            entry["expires_at"] = format_time(datetime.fromtimestamp(expiry / 1000, tz=timezone.utc).astimezone())
+            entry["expires_at"] = format_time(datetime.fromtimestamp(expiry / 1000, tz=UTC).astimezone())
         out.append(entry)
     out.sort(key=lambda e: e["expires_at"], reverse=True)
     return json_response({"models": out})

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,14 @@ from redis.exceptions import RedisError
 from corral.api.durations import DurationError, parse_keep_alive
 from corral.api.errors import CorralError, NotFoundError, RequestCanceledError, ServerBusyError, UpstreamError
 from corral.api.gojson import dumps
-from corral.cluster.workers import MODELS_GENERATION_HEADER, STATE_READY, WorkerInfo, lapsed_workers, live_workers, now_ms
+from corral.cluster.workers import (
+    MODELS_GENERATION_HEADER,
+    STATE_READY,
+    WorkerInfo,
+    lapsed_workers,
+    live_workers,
+    now_ms,
+)
 from corral.router.metrics import RouterMetrics
 from corral.router.offline import OfflineLeases
 from corral.router.placement import plan_load
@@ -233,7 +241,7 @@ class Dispatcher:
         size = None
         if isinstance(model, str) and model and is_valid_name(model) and keep_alive is not None:
             size = await self._size_if_known(model)
-        if size is None:  # unknown model or a bad field: let a worker give Ollama's answer
+        if size is None or not isinstance(model, str):  # unknown model or a bad field: a worker gives Ollama's answer
             return await self.relay_anywhere(path, body)
         model = ModelName.parse(model).display  # one placement per model: "m" and "m:latest" are one
         if keep_alive == 0 and _is_empty(body):
@@ -399,10 +407,13 @@ class Dispatcher:
             return  # a slot taken while Redis was away (its keep-alive is set when Redis is back)
         try:
             remaining = await self.state.release(worker.id, model, _expires_at(keep_alive))
-            if keep_alive == 0 and remaining == 0:
-                if await self.state.claim_unload(worker.id, model, expired_only=False):
-                    self.metrics.evictions.labels("request").inc()
-                    await self.unload(worker, model)
+            if (
+                keep_alive == 0
+                and remaining == 0
+                and await self.state.claim_unload(worker.id, model, expired_only=False)
+            ):
+                self.metrics.evictions.labels("request").inc()
+                await self.unload(worker, model)
         except RedisError as exc:
             self.offline.redis_failed(exc)
             logger.warning("could not release %s on %s (its slot lapses, or is put back when Redis returns): %s",
@@ -428,7 +439,7 @@ class Dispatcher:
         except DurationError:
             return None
 
-    async def relay_anywhere(self, path: str, body: dict[str, Any], avoid: set[str] = frozenset()) -> Response:
+    async def relay_anywhere(self, path: str, body: dict[str, Any], avoid: AbstractSet[str] = frozenset()) -> Response:
         if not self.offline.active:
             await self._sync_models_if_up()  # the answer can come from a worker either way
         ready = [w for w in await self.workers() if w.state == STATE_READY]

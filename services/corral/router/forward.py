@@ -158,7 +158,7 @@ class _ClientPipe:
 
     @classmethod
     def of(cls, raw_send: Send | None) -> _ClientPipe | None:
-        cycle = getattr(raw_send, "__self__", None)
+        cycle: Any = getattr(raw_send, "__self__", None)  # uvicorn's RequestResponseCycle
         if type(cycle).__module__ != "uvicorn.protocols.http.httptools_impl":
             return None
         if not getattr(cycle, "chunked_encoding", False) or getattr(cycle, "disconnected", True):
@@ -175,7 +175,7 @@ class _ClientPipe:
     async def drained(self) -> None:
         # A slow client is rare and a stream's pace is tokens: polling costs less than hooking
         # uvicorn's flow control.
-        while not self.transport.is_closing() and self.transport.get_write_buffer_size() > self.LOW_WATER:
+        while not self.transport.is_closing() and self.transport.get_write_buffer_size() > self.LOW_WATER:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         if self.transport.is_closing():
             raise WorkerConnectionError("the client went away")

@@ -45,11 +45,12 @@ class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.pending: deque[asyncio.Future] = deque()
-        self.transport: asyncio.Transport | None = None
+        # Set by connection_made, which the event loop calls before the connection is handed out.
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.broken: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a stream's transport is a Transport
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)

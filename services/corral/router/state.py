@@ -247,7 +247,8 @@ def _token() -> str:
 class _HotScript:
     def __init__(self, redis: Any, lane: RedisLane | None, text: str) -> None:
         self.lane = lane
-        self.script = Script(text) if lane else redis.register_script(text)
+        # The lane's Script, or redis-py's AsyncScript when routers run without the lane.
+        self.script: Any = Script(text) if lane else redis.register_script(text)
 
     async def __call__(self, *, keys: list[Any], args: list[Any]) -> Any:
         if self.lane is None:

@@ -49,8 +49,21 @@ class Reply:
     """One response from a worker: status and headers once its head arrived, then the body."""
 
     __slots__ = (
-        "conn", "parser", "status", "headers", "_chunks", "_buffered", "_paused", "_done", "_error",
-        "_waiter", "_head", "_received", "keep_alive", "_sink", "_moved",
+        "_buffered",
+        "_chunks",
+        "_done",
+        "_error",
+        "_head",
+        "_moved",
+        "_paused",
+        "_received",
+        "_sink",
+        "_waiter",
+        "conn",
+        "headers",
+        "keep_alive",
+        "parser",
+        "status",
     )
 
     def __init__(self, conn: _Connection) -> None:
@@ -117,7 +130,9 @@ class Reply:
     def _pass_on(self) -> None:
         data = self._take()
         self._moved = True
-        if not self._sink(data) and not self._paused:  # the client is behind: stop reading until it catches up
+        sink = self._sink
+        assert sink is not None  # _pass_on runs only while piped
+        if not sink(data) and not self._paused:  # the client is behind: stop reading until it catches up
             self._paused = True
             self.conn.transport.pause_reading()
             self._wake()
@@ -245,13 +260,14 @@ class Reply:
 class _Connection(asyncio.Protocol):
     def __init__(self, pool: _WorkerPool) -> None:
         self.pool = pool
-        self.transport: asyncio.Transport | None = None
+        # Set by connection_made, which the event loop calls before the connection is handed out.
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.reply: Reply | None = None
         self.closed = False
         self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a stream's transport is a Transport
 
     def data_received(self, data: bytes) -> None:
         if self.reply is None:  # bytes nobody asked for: the connection can't be trusted

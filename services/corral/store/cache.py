@@ -16,10 +16,12 @@ request for it simply fetches again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from corral.api.errors import NotFoundError, model_not_found
@@ -71,7 +73,7 @@ class BlobCache:
             source = RegistrySource(self.cluster.client, self.cluster.blobs, layer.digest)
             key = self.local.transfer_key(stored, layer)
             transfer = self.registries.transfers.join(
-                key, layer.size, lambda t, l=layer, s=source: self.local.receive(stored, l, s, t)
+                key, layer.size, functools.partial(self.local.receive, stored, layer, source)
             )
             async for _ in follow(self.registries.transfers, transfer, f"pulling {layer.short}", layer):
                 pass
@@ -99,7 +101,7 @@ class BlobCache:
         except OSError:
             pass
 
-    async def prune(self, keep: set[str] = frozenset()) -> int:
+    async def prune(self, keep: AbstractSet[str] = frozenset()) -> int:
         """Bring the cache under ``max_bytes``; returns how many blobs went."""
         if not self.max_bytes:
             return 0
@@ -152,7 +154,7 @@ def blob_usage(blobs_dir: Path) -> tuple[int, int]:
 
 def _blob_files(blobs_dir: Path) -> dict[str, tuple[Path, int, float]]:
     """Finished blobs (``sha256-<64 hex>``) with size and last use; partial downloads are skipped."""
-    found = {}
+    found: dict[str, tuple[Path, int, float]] = {}
     try:
         entries = list(os.scandir(blobs_dir))
     except FileNotFoundError:

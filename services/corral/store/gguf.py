@@ -267,7 +267,7 @@ class _Reader:
         # The tokenizer vocabulary is tens of thousands of strings: keep this loop tight.
         buf, pos, size = self.buf, self.pos, len(self.buf)
         unpack = struct.Struct(self.order + "Q").unpack_from
-        out = []
+        out: list[str] = []
         append = out.append
         for _ in range(count):
             if pos + 8 > size:

@@ -32,7 +32,7 @@ from typing import Any
 
 from corral.api.errors import BadRequestError, InvalidNameError
 from corral.store.gguf import GGUFCache, GGUFInfo
-from corral.store.model_store import ModelRecord, ModelStore, _compact_json, manifest_digests, digest_hex
+from corral.store.model_store import ModelRecord, ModelStore, _compact_json, digest_hex, manifest_digests
 from corral.store.names import ModelName
 from corral.store.pull import Layer
 from corral.store.transfer import FileSource, PartialFile, Source, Transfer, copy_blob

@@ -21,11 +21,11 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from corral.api.errors import (

@@ -39,14 +39,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from corral.api.errors import BadRequestError, CorralError, InvalidNameError
 from corral.store.gguf import GGUFInfo, read_gguf_prefix
-from corral.store.model_store import ModelRecord, ModelStore, manifest_digests, digest_hex
+from corral.store.model_store import ModelRecord, ModelStore, digest_hex, manifest_digests
 from corral.store.names import ModelName
 from corral.store.pull import Layer
 from corral.store.registry import RegistryClient, RegistryError, Repository, parse_registry_url
@@ -208,11 +208,12 @@ class RegistryStore(ModelStore):
     def _modified(self, path: str, tag: str, config: str | None) -> datetime:
         """When the model was last written: as the cluster agreed (``times``) if it keeps
         them, else the registry's word or this process's first sight of the config."""
-        if self.times is not None:
-            agreed = self._times.get((path, tag), lambda: self.times.agreed(f"{path}:{tag}"))
+        times = self.times
+        if times is not None:
+            agreed = self._times.get((path, tag), lambda: times.agreed(f"{path}:{tag}"))
             if agreed is not None:
                 return agreed
-        return self._blob_time(digest_hex(config)) if config else datetime.now(timezone.utc)
+        return self._blob_time(digest_hex(config)) if config else datetime.now(UTC)
 
     def _write_manifest_sync(self, name: ModelName, data: bytes) -> str:
         repo = self.repository(name)
@@ -263,7 +264,7 @@ class RegistryStore(ModelStore):
         if hit is not None:
             return hit
         reply = self.client.request("HEAD", self.blobs, self.blobs.url("blobs", f"sha256:{hex_digest}"))
-        when = datetime.now(timezone.utc)
+        when = datetime.now(UTC)
         stamp = reply.header("Last-Modified") if reply.status == 200 else None
         if stamp:
             try:
@@ -351,7 +352,8 @@ class RegistryStore(ModelStore):
         hasher = hashlib.sha256()
         size = 0
         try:
-            with open(spool, "wb") as f:
+            # Each chunk is written as it arrives; a local write of one costs less than a thread hop.
+            with open(spool, "wb") as f:  # noqa: ASYNC230
                 async for chunk in chunks:
                     hasher.update(chunk)
                     size += len(chunk)

@@ -12,6 +12,7 @@ Push:  retrieving manifest · pushing <12 hex> {digest,total,completed}… · pu
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -132,7 +133,7 @@ async def pull_model(
             continue
         source = RegistrySource(client, repo, layer.digest)
         key = store.transfer_key(name, layer)
-        transfer = registries.transfers.join(key, layer.size, lambda t, l=layer, s=source: store.receive(name, l, s, t))
+        transfer = registries.transfers.join(key, layer.size, functools.partial(store.receive, name, layer, source))
         async for line in follow(registries.transfers, transfer, status, layer):
             yield line
     yield {"status": "verifying sha256 digest"}

@@ -476,9 +476,9 @@ class RegistryClient:
         proxy_parts = urlsplit(proxy)
         proxy_host, proxy_port = proxy_parts.hostname or "", proxy_parts.port or 80
         if secure:
-            conn = http.client.HTTPSConnection(proxy_host, proxy_port, timeout=self.timeout, context=self._ssl)
-            conn.set_tunnel(host, port)
-            return conn
+            tunnel = http.client.HTTPSConnection(proxy_host, proxy_port, timeout=self.timeout, context=self._ssl)
+            tunnel.set_tunnel(host, port)
+            return tunnel
         conn = http.client.HTTPConnection(proxy_host, proxy_port, timeout=self.timeout)
         conn._corral_absolute = True  # type: ignore[attr-defined]  # plain http via proxy: absolute URIs
         return conn
@@ -646,9 +646,9 @@ def _proxy_for(scheme: str, host: str) -> str | None:
 
 __all__ = [
     "ACCEPT_MANIFEST",
+    "MEDIA_MANIFEST",
     "BlobStream",
     "InsecureProtocolError",
-    "MEDIA_MANIFEST",
     "RegistryClient",
     "RegistryError",
     "Repository",

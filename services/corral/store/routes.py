@@ -13,9 +13,8 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from corral.api import openai
+from corral.api import openai, requests
 from corral.api.errors import BadRequestError, NotFoundError
-from corral.api import requests
 from corral.api.gojson import Struct
 from corral.api.http import (
     json_response,

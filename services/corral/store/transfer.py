@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -356,11 +357,11 @@ class Transfers:
             transfer = Transfer(total=total)
             self._active[key] = transfer
             transfer.task = asyncio.ensure_future(asyncio.to_thread(work, transfer))
-            transfer.task.add_done_callback(lambda _t, k=key, tr=transfer: self._forget(k, tr))
+            transfer.task.add_done_callback(functools.partial(self._forget, key, transfer))
         transfer.watchers += 1
         return transfer
 
-    def _forget(self, key: str, transfer: Transfer) -> None:
+    def _forget(self, key: str, transfer: Transfer, _task: object = None) -> None:
         if self._active.get(key) is transfer:
             del self._active[key]
         task = transfer.task

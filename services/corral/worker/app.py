@@ -13,16 +13,16 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.api.http import serve_ollama_api
+from corral.cluster.model_times import RedisModelTimes
 from corral.cluster.workers import MODELS_GENERATION_HEADER
-from corral.store.gguf import GGUFCache
 from corral.store.cache import BlobCache
+from corral.store.gguf import GGUFCache
 from corral.store.local import LocalStore
 from corral.store.model_store import manifest_digests
-from corral.cluster.model_times import RedisModelTimes
 from corral.store.oci import RegistryStore
 from corral.store.pull import Registries
-from corral.store.routes import router as models_router
 from corral.store.registry import RegistryClient
+from corral.store.routes import router as models_router
 from corral.worker.engine import Engine, LlamaModel, LoadOptions
 from corral.worker.inference import Inference
 from corral.worker.metrics import WorkerMetrics

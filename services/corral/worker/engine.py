@@ -141,7 +141,7 @@ class GenerateJob:
     # None: ``emit`` runs on the engine thread. Otherwise ``post(fn)`` must run ``fn`` on the
     # consumer's side (an event loop's call_soon_threadsafe); the engine posts once per step for
     # all jobs sharing the same hook, which saves a thread wake-up and a GIL handoff per token.
-    post: Callable[[Callable[[], None]], None] | None = None
+    post: Callable[[Callable[[], None]], object] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -640,8 +640,8 @@ class Engine:
         ended = time.perf_counter()
         elapsed = ended - started
         if self._on_step is not None:
-            last, self._last_decode_end = self._last_decode_end, ended
-            self._on_step(elapsed, started - last if last else None)
+            previous_end, self._last_decode_end = self._last_decode_end, ended
+            self._on_step(elapsed, started - previous_end if previous_end else None)
         if rc != 0:
             for slot, _ in sample_at:
                 if slot.job is not None:
@@ -756,7 +756,8 @@ class Engine:
             # Longest first, then fill each decode with as many as fit (tokens and sequences).
             order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
             while order:
-                group, used = [], 0
+                group: list[int] = []
+                used = 0
                 for i in order:
                     if len(group) < EMBED_SEQS and used + len(inputs[i]) <= room:
                         group.append(i)

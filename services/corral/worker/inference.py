@@ -187,8 +187,8 @@ class Inference:
 
     async def generate(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         started = time.perf_counter()
-        name = body.get("model")
-        model = await self.resolve(name)
+        model = await self.resolve(body.get("model"))
+        name: str = body["model"]  # resolve() takes nothing but a model name
         raw = bool(body.get("raw"))
         if raw and (body.get("template") or body.get("system") or body.get("context")):
             raise BadRequestError("raw mode does not support template, system, or context")
@@ -259,8 +259,8 @@ class Inference:
 
     async def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         started = time.perf_counter()
-        name = body.get("model")
-        model = await self.resolve(name, required_message="model is required")
+        model = await self.resolve(body.get("model"), required_message="model is required")
+        name: str = body["model"]  # resolve() takes nothing but a model name
         self._check_logprobs(body)
         think = self._think(body.get("think"))
         messages = self._messages(body.get("messages"))
@@ -533,7 +533,7 @@ class Inference:
     def _logprob_entry(lease: Lease, ev: eng.Token) -> dict[str, Any]:
         llama = lease.runner.engine.model
 
-        def entry(token: int, logprob: float) -> dict[str, Any]:
+        def entry(token: int, logprob: float | None) -> dict[str, Any]:
             piece = llama.piece(token)
             return {"token": piece.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(piece)}
 
@@ -631,7 +631,7 @@ class Inference:
         future: asyncio.Future = loop.create_future()
 
         def done(result: Any) -> None:
-            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(result))
+            loop.call_soon_threadsafe(_settle, future, result)
 
         lease.runner.engine.submit(eng.EmbedJob(token_lists, done))
         result = await future
@@ -667,6 +667,11 @@ def _bounded_predict(num_predict: int, num_ctx: int) -> int:
 def _opens_thinking(prompt_end: str) -> bool:
     # Some templates prefill the opening tag, so the reply starts inside the reasoning.
     return prompt_end.rstrip().endswith("<think>")
+
+
+def _settle(future: asyncio.Future, result: Any) -> None:
+    if not future.done():  # the request may have been cancelled meanwhile
+        future.set_result(result)
 
 
 def _normalize(vector: list[float]) -> list[float]:

@@ -131,9 +131,8 @@ class ChatTemplate:
                 caps.append("insert")
             if "Think" in names or "ThinkLevel" in names:
                 caps.append("thinking")
-        elif self.jinja_source:
-            if "tools" in self.jinja_source:
-                caps.append("tools")
+        elif self.jinja_source and "tools" in self.jinja_source:
+            caps.append("tools")
         if vision:
             caps.append("vision")
         return caps

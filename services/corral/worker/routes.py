@@ -9,16 +9,16 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from corral.api import openai
+from corral.api import OLLAMA_VERSION, openai, requests
 from corral.api import responses as openai_responses
-from corral.api import requests
+from corral.api.gojson import Struct
 from corral.api.http import (
     json_response,
     ndjson_stream,
@@ -27,8 +27,6 @@ from corral.api.http import (
     sse_stream,
     until_disconnect,
 )
-from corral.api import OLLAMA_VERSION
-from corral.api.gojson import Struct
 from corral.api.streams import format_time
 from corral.worker.state import WorkerState
 
@@ -61,7 +59,7 @@ async def _collect(chunks: AsyncIterator[dict[str, Any]], kind: str) -> dict[str
         if thinking:
             final["thinking"] = "".join(thinking)
     else:
-        message = {"role": "assistant", "content": "".join(text)}
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
         if thinking:
             message["thinking"] = "".join(thinking)
         if tool_calls:
@@ -216,7 +214,7 @@ async def ps(state: StateDep) -> Response:
             expires = runner.expires_at
         if math.isinf(runner.keep_alive) or (expires is not None and math.isinf(expires)):
             # Ollama shows a pinned model as expiring ~292 years from now (Go's MaxInt64 ns).
-            expires_text = format_time(datetime(2318, 1, 1, tzinfo=timezone.utc))
+            expires_text = format_time(datetime(2318, 1, 1, tzinfo=UTC))
         else:
             expires_text = format_time(datetime.fromtimestamp(expires).astimezone())
         models.append(

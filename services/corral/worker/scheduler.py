@@ -213,7 +213,7 @@ class Scheduler:
         started = time.perf_counter()
         try:
             loaded = await asyncio.wait_for(self._loader(record, options), timeout=self._load_timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise CorralError("timed out waiting for llama runner to start") from exc
         load_seconds = time.perf_counter() - started
         runner = Runner(
@@ -271,5 +271,5 @@ class Scheduler:
             # Bounded so a missed notification can never strand a request.
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

@@ -124,7 +124,7 @@ class WorkerSettings(CommonSettings):
     @classmethod
     def _check_parses(cls, value: str, info: ValidationInfo) -> str:
         if value:
-            _PARSED[info.field_name](value)
+            _PARSED[str(info.field_name)](value)
         return value
 
     @field_validator("CORRAL_WORKER_ID")
