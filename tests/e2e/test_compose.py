@@ -30,10 +30,11 @@ import httpx
 import ollama
 import pytest
 
-from tests.conftest import MODEL_NAME, free_port
 from tests.e2e import dashboards, engine
 from tests.e2e.load import short_load
-from tests.registries import seed_model
+from tests.support.model import MODEL_NAME
+from tests.support.registries import seed_model
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
 

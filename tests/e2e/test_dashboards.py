@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, wait_for
-from tests.conftest import MODEL_NAME
 from tests.e2e import dashboards
 from tests.e2e.load import short_load
+from tests.support.answers import wait_for
+from tests.support.cluster import Cluster
+from tests.support.model import MODEL_NAME
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,9 @@ from langchain_ollama import ChatOllama, OllamaEmbeddings, OllamaLLM
 from openai import AsyncOpenAI, OpenAI
 from pydantic import BaseModel, Field
 
-from tests.conftest import MODEL_NAME, start_server
-from tests.registries import RegistryServer, seed_model
+from tests.support.model import MODEL_NAME
+from tests.support.registries import RegistryServer, seed_model
+from tests.support.servers import start_server
 
 MODEL = MODEL_NAME
 SHORT = {"num_predict": 8, "temperature": 0}

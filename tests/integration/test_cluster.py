@@ -3,7 +3,7 @@
 Placement (DESIGN.md "Placement") seen from outside, through nginx: LRU eviction, keep-alive,
 the bounded queue, one load per model across routers; and faults: a worker SIGKILLed under
 load, a router SIGKILLed mid-load, Redis SIGKILLed and started again. Every process is real
-(``tests.cluster``); every wait is bounded.
+(``tests.support.cluster``); every wait is bounded.
 
 Clusters are shared where tests can share one (module scope, models unloaded between tests);
 a test that kills something gets a cluster of its own.
@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cluster import Cluster, wait_for
+from tests.support.answers import wait_for
+from tests.support.cluster import Cluster
 
 pytestmark = pytest.mark.integration
 

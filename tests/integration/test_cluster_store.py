@@ -20,13 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import WorkerProcess, start_worker
-from tests import registries
-from tests.registries import MANIFEST_V2, RegistryServer, TCPProxy, TokenServer
+from tests.support.registries import MANIFEST_V2, RegistryServer, TCPProxy, TokenServer
+from tests.support.servers import WorkerProcess, start_worker
 
 pytestmark = pytest.mark.integration
 
-upstream = registries.upstream  # the test model in a registry, shared by this module
 
 WORKER_ENV = {"CORRAL_NUM_THREADS": "1"}
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "stream": False, "options": {"num_predict": 4}}

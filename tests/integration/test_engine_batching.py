@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MODEL_NAME, WorkerProcess, import_model, start_worker
+from tests.support.model import MODEL_NAME
+from tests.support.servers import WorkerProcess, import_model, start_worker
 
 STORY = "Once upon a time, in a small village by the sea, there lived"  # raw: runs hundreds of tokens
 REQUEST_TIMEOUT_S = 120

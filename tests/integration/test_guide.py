@@ -35,8 +35,8 @@ import httpx
 import ollama
 import pytest
 
-from tests.conftest import Server, import_model, start_server
-from tests.registries import RegistryServer, seed_model
+from tests.support.registries import RegistryServer, seed_model
+from tests.support.servers import Server, import_model, start_server
 
 GUIDE_MODELS = ("llama3.2", "nomic-embed-text")
 REPLY_LIMIT = 24  # num_predict baked into llama3.2, so unbounded samples stay short

@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings
 
 from corral.router.settings import RouterSettings
 from corral.worker.settings import WorkerSettings
-from tests.helmchart import (
+from tests.support.helmchart import (
     CHART,
     NAMESPACE,
     RELEASE,

@@ -21,11 +21,10 @@ import pytest
 import redis
 
 from corral.cluster.redis_client import parse_sentinel_url, sync_client
-from tests.cluster import wait_for
-from tests.conftest import free_port
-from tests.helmchart import env_of, one, render
-from tests.redisd import _WATCHDOG
-from tests.registries import _stop_group
+from tests.support.answers import wait_for
+from tests.support.helmchart import env_of, one, render
+from tests.support.processes import start_watched, stop_group
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -55,9 +54,7 @@ class Pods:
         conf.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "ME": str(i), "DATA_DIR": str(data), "SENTINEL_DIR": str(conf)}
         log = (self.tmp / f"pod-{i}-{mode}.log").open("ab")
-        self.processes[(i, mode)] = subprocess.Popen(
-            ["sh", "-c", _WATCHDOG, f"{mode}-{i}", "sh", str(self.script), mode], env=env, stdin=subprocess.PIPE,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[(i, mode)] = start_watched(f"{mode}-{i}", ["sh", str(self.script), mode], out=log, env=env)
         port = self.ports[i][0 if mode == "redis" else 1]
         wait_for(f"pod {i}'s {mode} to answer", lambda: ask(port, "PING"), 30)
 
@@ -74,7 +71,7 @@ class Pods:
 
     def stop(self) -> None:
         for process in self.processes.values():
-            _stop_group(process)
+            stop_group(process)
 
 
 @pytest.mark.skipif(not shutil.which("redis-cli"), reason="redis-cli missing (Debian redis-tools)")

@@ -1,6 +1,6 @@
 """No request takes Corral down: hostile bodies, odd paths, oversized and slow requests.
 
-A seeded, bounded Hypothesis run per group of routes (``tests.hostile``), against a real
+A seeded, bounded Hypothesis run per group of routes (``tests.support.hostile``), against a real
 worker and against a real ``corral up`` cluster (through nginx). Every answer must be below
 500 (bar Ollama's own 500 for a failed pull or push) and in the route's own error format;
 after every request ``GET /`` must answer on the same keep-alive connection, so a reset or a
@@ -21,8 +21,9 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 
-from tests.conftest import MODEL_NAME, Server, import_model, start_server
-from tests.hostile import BODIES, Probe, Wire, check_answer, odd_requests, probes
+from tests.support.hostile import BODIES, Probe, Wire, check_answer, odd_requests, probes
+from tests.support.model import MODEL_NAME
+from tests.support.servers import Server, import_model, start_server
 
 BODY_LIMIT = 4 << 20  # CORRAL_MAX_REQUEST_BODY of the servers here
 MAX_MESSAGES, MAX_INPUTS = 60, 8  # CORRAL_MAX_MESSAGES, CORRAL_MAX_INPUTS

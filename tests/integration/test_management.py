@@ -22,9 +22,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MODEL_NAME, Server, import_model, start_server
+from tests.support.answers import JSON_UTF8, assert_error
+from tests.support.model import MODEL_NAME
+from tests.support.servers import Server, import_model, start_server
 
-JSON_UTF8 = "application/json; charset=utf-8"
 MODELFILE_COMMANDS = (
     'command must be one of "from", "license", "template", "system", "adapter", "draft", "renderer", "parser", '
     '"parameter", "message", or "requires"'
@@ -64,11 +65,6 @@ def store(tmp_path_factory, gguf_path, gguf_digest, serving) -> Iterator[Store]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}:latest"
-
-
-def assert_error(r: httpx.Response, status: int, message: str) -> None:
-    assert (r.status_code, r.json()) == (status, {"error": message}), r.text
-    assert r.headers["content-type"] == JSON_UTF8
 
 
 def create(client: httpx.Client, body: dict) -> list[str]:

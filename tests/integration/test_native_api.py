@@ -7,8 +7,8 @@ Statuses and error bodies are compared exactly, because Ollama clients match on 
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from tests.conftest import MODEL_NAME
+from tests.support.answers import JSON_UTF8, assert_error
+from tests.support.model import MODEL_NAME
 
 FULL_NAME = f"registry.ollama.ai/library/{MODEL_NAME}"
 GREEDY = {"temperature": 0, "num_predict": 4}
 PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
-JSON_UTF8 = "application/json; charset=utf-8"
 USER_HI = [{"role": "user", "content": "Hi!"}]
 
 # A ChatML template in Ollama's Go syntax that reads .Tools, so the model gains "tools".
@@ -60,11 +60,6 @@ LONG_SYSTEM = (
 
 def post(http: httpx.Client, path: str, body: dict) -> httpx.Response:
     return http.post(path, json=body)
-
-
-def assert_error(r: httpx.Response, status: int, message: str) -> None:
-    assert (r.status_code, r.json()) == (status, {"error": message}), r.text
-    assert r.headers["content-type"] == JSON_UTF8
 
 
 def ndjson(r: httpx.Response) -> list[dict]:

@@ -13,12 +13,10 @@ import time
 import httpx
 import pytest
 
-from tests import registries
-from tests.conftest import free_port
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
 
-upstream = registries.upstream  # the test model in a registry, shared by this module
 
 
 def corral_pull(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

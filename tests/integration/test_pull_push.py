@@ -1,7 +1,7 @@
 """/api/pull and /api/push on one worker's local store, against real registries on loopback.
 
 Upstream is Debian's docker-registry (CNCF Distribution 2.8) seeded with SmolLM2 in Ollama's
-manifest format by plain httpx (tests/registries.py), so nothing here checks Corral with
+manifest format by plain httpx (tests/support/registries.py), so nothing here checks Corral with
 Corral's own client. Faults are real too: a TCP proxy that cuts a blob mid-body, a registry
 that demands bearer tokens, a blob corrupted on the registry's disk, a port nobody listens on.
 """
@@ -18,13 +18,11 @@ import httpx
 import ollama
 import pytest
 
-from tests.conftest import WorkerProcess, free_port, start_worker
-from tests import registries
-from tests.registries import MANIFEST_V2, Redirector, RegistryServer, TCPProxy, TokenServer, seed_model
+from tests.support.registries import MANIFEST_V2, Redirector, RegistryServer, TCPProxy, TokenServer, seed_model
+from tests.support.servers import WorkerProcess, free_port, start_worker
 
 pytestmark = pytest.mark.integration
 
-upstream = registries.upstream  # the test model in a registry, shared by this module
 
 # Single-threaded workers: several run at once in these tests on a 2-core machine.
 WORKER_ENV = {"CORRAL_NUM_THREADS": "1"}

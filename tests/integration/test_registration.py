@@ -8,8 +8,9 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,35 +32,16 @@ from corral.cluster.workers import (
 )
 from corral.worker.registration import device_and_memory
 from corral.worker.settings import WorkerSettings
-from tests.conftest import MODEL_NAME, WorkerProcess, import_model, start_worker
-from tests import redisd
-from tests.redisd import RedisServer
+from tests.support.answers import wait_for
+from tests.support.model import MODEL_NAME
+from tests.support.servers import WorkerProcess, import_model, start_worker
 
 pytestmark = pytest.mark.integration
 
-redis_server = redisd.redis_server  # a fixture: a real redis-server for one test
 
 T = TypeVar("T")
 PROMPT = "Once upon a time, in a small village by the sea, there lived"  # raw: SmolLM2 keeps going
 UNREACHABLE = "unreachable"  # in the warning logged once per Redis outage
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.05) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-@pytest.fixture
-def db(redis_server: RedisServer) -> Iterator[redis.Redis]:  # noqa: F811
-    with redis_server.client() as client:
-        yield client
 
 
 @contextmanager
@@ -104,19 +86,19 @@ def exits_cleanly(proc: WorkerProcess, timeout: float = 30) -> None:
     assert proc.process.wait(timeout=timeout) == 0, proc.log()
 
 
-def test_worker_registers_and_renews_its_lease(tmp_path, redis_server, db):  # noqa: F811
+def test_worker_registers_and_renews_its_lease(tmp_path, redis_server, redis_db):
     with cluster_worker(
         tmp_path, redis_server.url,
         OLLAMA_NUM_PARALLEL="3", OLLAMA_MAX_LOADED_MODELS="2",
         CORRAL_WORKER_MEMORY="3GiB", CORRAL_WORKER_LABELS="zone=eu-1,tier=gold",
     ) as proc:
-        worker_id = registered(db)
+        worker_id = registered(redis_db)
         port = proc.url.rsplit(":", 1)[1]
         assert worker_id.startswith(f"{socket.gethostname()}-{port}-")
-        first = lease(db, worker_id)
+        first = lease(redis_db, worker_id)
         assert now_ms() < first <= now_ms() + LEASE_MS
-        record = db.hgetall(worker_key(worker_id))
-        assert record | {"started_at": "", "version": ""} == {
+        record = redis_db.hgetall(worker_key(worker_id))
+        assert record | {"started_at": ""} == {
             "id": worker_id,
             "url": proc.url,
             "device": device_and_memory(WorkerSettings())[0],  # cpu, unless llama.cpp has a GPU
@@ -126,10 +108,10 @@ def test_worker_registers_and_renews_its_lease(tmp_path, redis_server, db):  # n
             "labels": json.dumps({"zone": "eu-1", "tier": "gold"}),
             "state": "ready",
             "started_at": "",
-            "version": "",
+            "version": metadata.version("corral"),  # the installed package's, what an operator sees
         }
         assert 0 < now_ms() - int(record["started_at"]) < 60_000
-        assert 0 < db.ttl(worker_key(worker_id)) <= 60  # a record outlives no worker for long
+        assert 0 < redis_db.ttl(worker_key(worker_id)) <= 60  # a record outlives no worker for long
 
         # What routers read: the shared decoder of the record.
         (info,), lapsed = live(redis_server.url)
@@ -141,11 +123,11 @@ def test_worker_registers_and_renews_its_lease(tmp_path, redis_server, db):  # n
 
         # The heartbeat renews the lease.
         time.sleep(3)
-        assert lease(db, worker_id) > first
+        assert lease(redis_db, worker_id) > first
 
         proc.process.send_signal(signal.SIGTERM)
         exits_cleanly(proc)
-        assert gone(db, worker_id)
+        assert gone(redis_db, worker_id)
 
 
 def streaming(url: str, num_predict: int) -> tuple[threading.Thread, list[dict]]:
@@ -173,15 +155,15 @@ def streaming(url: str, num_predict: int) -> tuple[threading.Thread, list[dict]]
     return thread, lines
 
 
-def test_sigterm_drains_a_stream_in_flight_then_deregisters(tmp_path, redis_server, db, gguf_path, gguf_digest):  # noqa: F811
+def test_sigterm_drains_a_stream_in_flight_then_deregisters(tmp_path, redis_server, redis_db, gguf_path, gguf_digest):
     with cluster_worker(tmp_path, redis_server.url, CORRAL_DRAIN_TIMEOUT="60s") as proc:
         import_model(proc.url, gguf_path, gguf_digest)
-        worker_id = registered(db)
+        worker_id = registered(redis_db)
         stream, lines = streaming(proc.url, num_predict=200)
 
         proc.process.send_signal(signal.SIGTERM)
         # Routers are told at once, while the stream still runs.
-        wait_for("state draining", lambda: db.hget(worker_key(worker_id), "state") == STATE_DRAINING, timeout=2)
+        wait_for("state draining", lambda: redis_db.hget(worker_key(worker_id), "state") == STATE_DRAINING, timeout=2)
         at_draining = len(lines)
         assert not lines[-1]["done"]
 
@@ -201,15 +183,15 @@ def test_sigterm_drains_a_stream_in_flight_then_deregisters(tmp_path, redis_serv
         assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 200, lines[-1]
         assert len(lines) > at_draining + 10  # generation went on while draining
         exits_cleanly(proc)
-        assert gone(db, worker_id)
+        assert gone(redis_db, worker_id)
         log = proc.log()
         assert log.index("draining: set") < log.index("deregistered " + worker_id)
 
 
-def test_drain_is_bounded(tmp_path, redis_server, db, gguf_path, gguf_digest):  # noqa: F811
+def test_drain_is_bounded(tmp_path, redis_server, redis_db, gguf_path, gguf_digest):
     with cluster_worker(tmp_path, redis_server.url, CORRAL_DRAIN_TIMEOUT="1s") as proc:
         import_model(proc.url, gguf_path, gguf_digest)
-        worker_id = registered(db)
+        worker_id = registered(redis_db)
         stream, lines = streaming(proc.url, num_predict=5000)
         sent = time.monotonic()
         proc.process.send_signal(signal.SIGTERM)
@@ -217,61 +199,61 @@ def test_drain_is_bounded(tmp_path, redis_server, db, gguf_path, gguf_digest):  
         assert time.monotonic() - sent < 8
         stream.join(10)
         assert not lines[-1].get("done")  # cut when the drain ran out
-        assert gone(db, worker_id)
+        assert gone(redis_db, worker_id)
 
 
-def test_sigkill_leaves_a_lease_that_lapses(tmp_path, redis_server, db):  # noqa: F811
+def test_sigkill_leaves_a_lease_that_lapses(tmp_path, redis_server, redis_db):
     with cluster_worker(tmp_path, redis_server.url) as proc:
-        worker_id = registered(db)
+        worker_id = registered(redis_db)
         proc.process.kill()
         proc.process.wait(10)
         killed = now_ms()
-        expiry = lease(db, worker_id)
-        assert db.exists(worker_key(worker_id))  # nobody deregistered it...
+        expiry = lease(redis_db, worker_id)
+        assert redis_db.exists(worker_key(worker_id))  # nobody deregistered it...
         assert expiry <= killed + LEASE_MS  # ...but nobody renews it either
         assert [w.id for w in live(redis_server.url)[0]] == [worker_id]
         time.sleep(max(0.0, (expiry - now_ms()) / 1000) + 0.2)
-        assert lease(db, worker_id) == expiry
+        assert lease(redis_db, worker_id) == expiry
         alive, lapsed = live(redis_server.url)
         assert alive == [] and lapsed == [worker_id]
 
 
-def test_worker_rejoins_after_redis_restarts_empty(tmp_path, redis_server, db):  # noqa: F811
+def test_worker_rejoins_after_redis_restarts_empty(tmp_path, redis_server, redis_db):
     with cluster_worker(tmp_path, redis_server.url) as proc:
-        worker_id = registered(db)
+        worker_id = registered(redis_db)
         redis_server.shutdown()
         wait_for("the outage warning", lambda: UNREACHABLE in proc.log(), timeout=3 * HEARTBEAT_S)
         # Local requests are served meanwhile, and a missed beat more logs nothing more.
         assert httpx.get(proc.url + "/api/tags", timeout=5).status_code == 200
         time.sleep(HEARTBEAT_S + 0.5)
         redis_server.start()
-        assert db.zcard(WORKERS) == 0  # everything lost
-        assert registered(db) == worker_id
-        assert db.hget(worker_key(worker_id), "url") == proc.url
+        assert redis_db.zcard(WORKERS) == 0  # everything lost
+        assert registered(redis_db) == worker_id
+        assert redis_db.hget(worker_key(worker_id), "url") == proc.url
         log = proc.log()
         assert log.count(UNREACHABLE) == 1, log
         assert "Redis reachable again" in log
 
 
-def test_worker_starts_while_redis_is_down_and_registers_when_it_comes(tmp_path, redis_server, db):  # noqa: F811
+def test_worker_starts_while_redis_is_down_and_registers_when_it_comes(tmp_path, redis_server, redis_db):
     redis_server.shutdown()
     with cluster_worker(tmp_path, redis_server.url) as proc:
         assert httpx.get(proc.url + "/api/version", timeout=5).status_code == 200
         wait_for("the outage warning", lambda: UNREACHABLE in proc.log(), timeout=3 * HEARTBEAT_S)
         redis_server.start()
-        worker_id = registered(db)
+        worker_id = registered(redis_db)
         proc.process.send_signal(signal.SIGTERM)
         exits_cleanly(proc)
-        assert gone(db, worker_id)
+        assert gone(redis_db, worker_id)
 
 
-def test_worker_without_redis_url_touches_no_redis(tmp_path, redis_server, db):  # noqa: F811
-    connections = db.info("stats")["total_connections_received"]
+def test_worker_without_redis_url_touches_no_redis(tmp_path, redis_server, redis_db):
+    connections = redis_db.info("stats")["total_connections_received"]
     with cluster_worker(tmp_path, None, CORRAL_WORKER_LABELS="zone=eu-1") as proc:
         assert httpx.get(proc.url + "/api/tags", timeout=5).status_code == 200
         proc.process.send_signal(signal.SIGTERM)
         exits_cleanly(proc)
-    assert db.info("stats")["total_connections_received"] == connections
-    assert db.dbsize() == 0
+    assert redis_db.info("stats")["total_connections_received"] == connections
+    assert redis_db.dbsize() == 0
     log = proc.log()
     assert "cluster" not in log and "Redis" not in log, log

@@ -13,8 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import registries
-from tests.registries import (
+from tests.support.registries import (
     CONFIG_V1,
     DEFAULT_CONFIG,
     MANIFEST_V2,
@@ -32,7 +31,6 @@ from tests.registries import (
 )
 
 ACCEPT = {"Accept": MANIFEST_V2}
-registry, token_server, token_registry = registries.registry, registries.token_server, registries.token_registry
 
 
 def _sha(data: bytes) -> str:

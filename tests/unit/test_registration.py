@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from corral.cluster.workers import STATE_READY
-from corral.settings import parse_ollama_host
+from corral.settings import parse_ollama_host, parse_size
 from corral.worker.registration import (
     cgroup_cpu_limit,
     cgroup_memory_limit,
@@ -22,7 +22,6 @@ from corral.worker.registration import (
     system_memory,
     worker_info,
 )
-from corral.settings import parse_size
 from corral.worker.settings import WorkerSettings, advertised_url, parse_labels, primary_host
 
 GiB = 1 << 30

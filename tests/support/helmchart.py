@@ -23,7 +23,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-CHART = Path(__file__).resolve().parent.parent / "helm" / "corral"
+CHART = Path(__file__).resolve().parents[2] / "helm" / "corral"
 RELEASE, NAMESPACE = "corral", "llm"
 CORRAL_IMAGES = ("corral-router", "corral-worker", "corral-worker-cuda")
 

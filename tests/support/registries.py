@@ -6,8 +6,8 @@
 * ``seed_model`` / ``push_blob``: push a model in Ollama's manifest format with plain httpx.
 * ``TCPProxy``: a TCP proxy in front of a registry that counts requests and cuts responses.
 
-Import the fixtures at the bottom into a test module to use them
-(``from tests.registries import registry``).
+The fixtures ``registry``, ``token_server``, ``token_registry`` and ``upstream`` (conftest.py)
+give a test its own.
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -37,9 +35,9 @@ from typing import Self
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import pytest
 
-from tests.conftest import free_port
+from tests.support.processes import start_watched, stop_group, tail
+from tests.support.servers import free_port
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
@@ -68,14 +66,7 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-class _Server:
+class OwnedServer:
     """Stops on leaving a ``with`` block; owns a temp dir (removed on stop) when given none."""
 
     tmp: Path
@@ -137,7 +128,7 @@ def _parse_scope(scope: str) -> tuple[str, str, list[str]]:
 Grant = Callable[[str | None, str, str, list[str]], list[str]]
 
 
-class TokenServer(_Server):
+class TokenServer(OwnedServer):
     """A Docker registry token server on loopback (``GET /token?service=..&scope=..``).
 
     Tokens are RS256 JWTs signed by a key generated here, whose self-signed certificate
@@ -310,37 +301,7 @@ def _token_handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
 # -- registry -------------------------------------------------------------------------------
 
 
-# Runs the registry under a shell whose stdin is a pipe from this process: when this process
-# dies, even by SIGKILL, the pipe reads EOF and the registry is killed. The shell exits with
-# the registry's status (so poll() sees an early exit), and on SIGTERM it stops the registry
-# and waits for it (so wait() means the port is free).
-_WATCHDOG = """
-"$0" serve "$1" </dev/null & pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid; exit $?' TERM
-exec 3<&0 0</dev/null
-(read _ <&3; kill $pid 2>/dev/null) &
-wait $pid
-"""
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-    """Stop the process group (the shell, the registry, the watchdog) led by ``process``."""
-    if process.stdin:
-        process.stdin.close()  # ends the watchdog
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=5)
-
-
-class RegistryServer(_Server):
+class RegistryServer(OwnedServer):
     """``docker-registry serve`` on 127.0.0.1:<free port>; returns once ``GET /v2/`` answers.
 
     Storage, config and log live in ``tmp`` (a fresh temp dir, removed on stop, if not given).
@@ -386,12 +347,9 @@ class RegistryServer(_Server):
         self.config_path.write_text(json.dumps(config, indent=2))
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                ["sh", "-c", _WATCHDOG, REGISTRY_BINARY, str(self.config_path)],
-                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True,
-            )
-        self._finalizer = weakref.finalize(self, _stop_group, self.process)
+            self.process = start_watched("registry-watchdog", [REGISTRY_BINARY, "serve", str(self.config_path)],
+                                         out=log, env=env)
+        self._finalizer = weakref.finalize(self, stop_group, self.process)
         try:
             self._wait_ready(start_timeout)
         except BaseException:
@@ -403,7 +361,7 @@ class RegistryServer(_Server):
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"docker-registry exited with {self.process.returncode}:\n{_tail(self.log_path)}"
+                    f"docker-registry exited with {self.process.returncode}:\n{tail(self.log_path)}"
                 )
             try:
                 r = httpx.get(self.url + "/v2/", timeout=1)
@@ -412,7 +370,7 @@ class RegistryServer(_Server):
             except httpx.HTTPError:
                 pass
             time.sleep(0.02)
-        raise RuntimeError(f"docker-registry did not answer within {timeout}s:\n{_tail(self.log_path)}")
+        raise RuntimeError(f"docker-registry did not answer within {timeout}s:\n{tail(self.log_path)}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -745,7 +703,7 @@ class _Exchange:
         self.body_sent: int | None = None  # None while the header block is still coming
 
 
-class TCPProxy(_Server):
+class TCPProxy(OwnedServer):
     """A TCP proxy on 127.0.0.1:<free port> in front of ``target`` ("host:port" or a URL).
 
     It counts the HTTP requests passing through per (method, path without query) and the
@@ -967,33 +925,3 @@ class Redirector:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-# -- pytest fixtures (import them into a test module to use them) ----------------------------
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[RegistryServer]:
-    """A fresh registry without auth."""
-    with RegistryServer(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-def token_server(tmp_path: Path) -> Iterator[TokenServer]:
-    with TokenServer(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-def token_registry(tmp_path: Path, token_server: TokenServer) -> Iterator[RegistryServer]:
-    """A fresh registry that demands bearer tokens from ``token_server``."""
-    with RegistryServer(tmp_path, token_server=token_server) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path) -> Iterator[tuple[RegistryServer, SeededModel]]:
-    """A registry holding the test model as library/smollm2:135m, shared by a module's tests."""
-    with RegistryServer(tmp_path_factory.mktemp("upstream")) as server:
-        yield server, seed_model(server, "library/smollm2", "135m", gguf=gguf_path)

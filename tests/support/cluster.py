@@ -1,7 +1,7 @@
 """A whole Corral cluster on loopback for tests: ``corral up`` as a subprocess, no mocks.
 
 ``Cluster`` runs ``python -m corral.cli up`` (Redis, the registry, workers, routers, nginx:
-the real programs) on a free port under a watchdog shell, as ``tests.redisd`` runs Redis:
+the real programs) on a free port under a watchdog shell (``tests.support.processes``):
 ``stop()`` sends SIGTERM (corral up stops its children front to back) and the whole cluster
 goes when the test process dies, even by SIGKILL. Tests find the processes in /proc (to
 SIGKILL a worker, a router or Redis): corral up's children each lead a process group, and
@@ -21,7 +21,6 @@ import sys
 import time
 import uuid
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -29,14 +28,15 @@ from typing import TypeVar
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MODEL_NAME, free_port, import_model
-from tests.redisd import _WATCHDOG
-from tests.registries import _tail
+from tests.support.answers import wait_for
+from tests.support.model import MODEL_NAME
+from tests.support.processes import start_watched, tail
+from tests.support.servers import free_port, import_model
 
 T = TypeVar("T")
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -87,18 +87,6 @@ def _all_processes() -> list[Proc]:
     return out
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.1) -> T:
-    """Poll ``probe`` until it returns something truthy; AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 class Cluster:
     """``corral up --workers N --routers R`` in ``tmp``; ``endpoint`` is nginx in front of the routers."""
 
@@ -125,10 +113,7 @@ class Cluster:
             "--routers", str(routers), "--data-dir", str(self.data_dir),
         ] + (["--redis-url", redis_url] if redis_url else [])
         with self.up_log.open("wb") as out:
-            self.process = subprocess.Popen(
-                ["sh", "-c", _WATCHDOG, "corral-up-watchdog", *command], cwd=REPO, env=self.env,
-                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+            self.process = start_watched("corral-up-watchdog", command, out=out, env=self.env, cwd=REPO)
         self._finalizer = weakref.finalize(self, _stop_cluster, self.process, self._extra, self._groups)
         try:
             self.endpoint = self._wait_ready()
@@ -144,9 +129,9 @@ class Cluster:
                 if line.startswith("{") and '"endpoint"' in line:
                     return json.loads(line)["endpoint"]
             if self.process.poll() is not None:
-                raise RuntimeError(f"corral up exited with {self.process.returncode}:\n{_tail(self.up_log)}")
+                raise RuntimeError(f"corral up exited with {self.process.returncode}:\n{tail(self.up_log)}")
             time.sleep(0.1)
-        raise RuntimeError(f"corral up not ready in {START_TIMEOUT_S}s:\n{_tail(self.up_log)}")
+        raise RuntimeError(f"corral up not ready in {START_TIMEOUT_S}s:\n{tail(self.up_log)}")
 
     # -- stopping
 
@@ -269,10 +254,7 @@ class Cluster:
         """Start Redis again with ``argv`` (``redis_command()``, read before it was killed);
         corral up does not restart a child, so this one belongs to the test (stopped in ``stop``)."""
         with (self.logs / "redis.log").open("ab") as out:
-            process = subprocess.Popen(
-                ["sh", "-c", _WATCHDOG, "redis-watchdog", *argv], env=env, stdin=subprocess.PIPE,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+            process = start_watched("redis-watchdog", argv, out=out, env=env)
         self._extra.append(process)
         port = int(argv[argv.index("--port") + 1])
         import redis

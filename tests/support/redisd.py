@@ -3,11 +3,10 @@
 ``RedisServer`` runs Debian's ``redis-server`` on a free loopback port, its files in a tmp dir,
 nothing persisted (``--save ''``, no AOF): a restart (``shutdown()`` then ``start()``, same port)
 comes back empty, like a Redis that lost its data. It runs under a watchdog shell in its own
-process group, as the registries of ``tests.registries`` do: stopping kills the group, and
+process group, as the registries of ``tests.support.registries`` do: stopping kills the group, and
 the server dies with the test process even when that is SIGKILLed.
 
-Import the fixture at the bottom into a test module to use it
-(``from tests.redisd import redis_server``).
+The ``redis_server`` fixture (conftest.py) gives a test one of its own.
 """
 
 from __future__ import annotations
@@ -18,27 +17,16 @@ import signal
 import subprocess
 import time
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
-from tests.conftest import free_port
-from tests.registries import _Server, _stop_group, _tail
-
-# The command in "$@" under a shell that stops it on SIGTERM (and waits, so the port is free),
-# and kills it when this process's end of the stdin pipe closes (this process died).
-_WATCHDOG = """
-"$@" </dev/null & pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid; exit $?' TERM
-exec 3<&0 0</dev/null
-(read _ <&3; kill $pid 2>/dev/null) &
-wait $pid
-"""
+from tests.support.processes import start_watched, stop_group, tail
+from tests.support.registries import OwnedServer
+from tests.support.servers import free_port
 
 
-class RedisServer(_Server):
+class RedisServer(OwnedServer):
     """``redis-server`` on 127.0.0.1:<free port>; returns once it answers PING."""
 
     def __init__(self, tmp: Path | None = None, *, start_timeout: float = 10.0, args: list[str] = ()) -> None:
@@ -64,11 +52,8 @@ class RedisServer(_Server):
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.tmp),
             "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", str(self.log_path), *self.args,
         ]
-        self.process = subprocess.Popen(
-            ["sh", "-c", _WATCHDOG, "redis-watchdog", *command],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        self._finalizer = weakref.finalize(self, _stop_group, self.process)
+        self.process = start_watched("redis-watchdog", command)
+        self._finalizer = weakref.finalize(self, stop_group, self.process)
         try:
             self._wait_ready()
         except BaseException:
@@ -81,14 +66,14 @@ class RedisServer(_Server):
         with self.client(socket_timeout=1) as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{_tail(self.log_path)}")
+                    raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{tail(self.log_path)}")
                 try:
                     if client.ping():
                         return
                 except redis.RedisError:
                     pass
                 time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not answer within {self.start_timeout}s:\n{_tail(self.log_path)}")
+        raise RuntimeError(f"redis-server did not answer within {self.start_timeout}s:\n{tail(self.log_path)}")
 
     @property
     def running(self) -> bool:
@@ -152,8 +137,7 @@ class SentinelGroup:
                         f"sentinel failover-timeout {self.SERVICE} 5000\n"
                         f"sentinel parallel-syncs {self.SERVICE} 1\n")
         command = [shutil.which("redis-server"), str(conf), "--sentinel", "--logfile", str(self.tmp / f"sentinel-{i}.log")]
-        process = subprocess.Popen(["sh", "-c", _WATCHDOG, "sentinel-watchdog", *command], stdin=subprocess.PIPE,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        process = start_watched("sentinel-watchdog", command)
         self.sentinels.append((port, process))
         self._wait(lambda: self._ask(port, "PING"), f"sentinel {i} to answer")
 
@@ -190,15 +174,6 @@ class SentinelGroup:
 
     def stop(self) -> None:
         for _, process in self.sentinels:
-            _stop_group(process)
+            stop_group(process)
         for server in self.servers:
             server.shutdown()
-
-
-# -- pytest fixture (import it into a test module to use it) ---------------------------------
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
