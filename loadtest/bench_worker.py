@@ -65,7 +65,8 @@ PROMPT = (
     "named Thomas. Every night he"
 )
 TARGET_RATIO = 0.95
-# Reference numbers for this machine class (2-core AMD EPYC), from the issue / DESIGN.md.
+# Reference numbers for this machine class (2-core AMD EPYC), from the worker issue; each report
+# reprints them (loadtest/reports/worker.md, "Reference").
 REFERENCE = [
     ("llama.cpp `llama-server`, single stream", "~83 tok/s"),
     ("llama.cpp `llama-server`, aggregate over 8 streams", "~148 tok/s"),

@@ -1,9 +1,9 @@
 """The cluster as a whole: ``corral up`` (Redis, registry, workers, routers, nginx) on loopback.
 
-Placement (DESIGN.md "Placement") seen from outside, through nginx: LRU eviction, keep-alive,
-the bounded queue, one load per model across routers; and faults: a worker SIGKILLed under
-load, a router SIGKILLed mid-load, Redis SIGKILLed and started again. Every process is real
-(``tests.support.cluster``); every wait is bounded.
+Placement (docs/architecture.md, "Placement") seen from outside, through nginx: LRU eviction,
+keep-alive, the bounded queue, one load per model across routers; and faults: a worker
+SIGKILLed under load, a router SIGKILLed mid-load, Redis SIGKILLed and started again. Every
+process is real (``tests.support.cluster``); every wait is bounded.
 
 Clusters are shared where tests can share one (module scope, models unloaded between tests);
 a test that kills something gets a cluster of its own.
@@ -453,7 +453,7 @@ def replicated(tmp_path_factory, gguf_path: Path, gguf_digest: str) -> Iterator[
 def test_a_conversation_stays_with_the_worker_that_served_it(replicated: Cluster):
     """With both replicas idle, least-recently-used spreading alone would alternate a chat's
     turns between the workers; the turns of one conversation go to the worker that holds its
-    prefix instead (DESIGN.md, placement step 1)."""
+    prefix instead (docs/architecture.md, "Placement": conversation affinity)."""
     c = replicated
     urls = {w["id"]: w["url"] for w in c.workers()}
 

@@ -1,4 +1,5 @@
-"""Model management and the server's HTTP surface, over raw HTTP (contract ollama-api.md §0–§2, §5, §7).
+"""Model management and the server's HTTP surface, over raw HTTP (docs/api-coverage.md: "Conventions",
+"Routes", "Model management", "Modelfiles").
 
 Read-only checks use the session server. Anything that creates, copies or deletes runs on
 this module's own server (``store``, of the same kind), so the shared model list stays as other

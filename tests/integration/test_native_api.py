@@ -1,7 +1,8 @@
 """Ollama's native inference API over raw HTTP: /api/generate, /api/chat, /api/embed, /api/embeddings.
 
 Statuses and error bodies are compared exactly, because Ollama clients match on them
-(contract ollama-api.md §0, §2.1–2.5, §3, §7). Generations are a few greedy tokens.
+(docs/api-coverage.md: "Conventions", "/api/generate" through "/api/embed and /api/embeddings",
+"keep_alive and scheduling"). Generations are a few greedy tokens.
 """
 
 from __future__ import annotations
@@ -308,7 +309,8 @@ def test_json_schema_format_constrains_output(http):
 
 def test_invalid_format_is_refused(http):
     r = post(http, "/api/generate", {"model": MODEL_NAME, "prompt": "hi", "format": "xml", "options": GREEDY})
-    # Ollama formats the raw JSON bytes with %q (contract §2.1); its status is 500 there, 4xx per the brief.
+    # Ollama formats the raw JSON bytes with %q (docs/api-coverage.md, "/api/generate", `format`); its status
+    # is 500 there, 4xx per the brief.
     assert 400 <= r.status_code < 500, r.text
     assert r.json() == {"error": 'invalid format: "\\"xml\\""; expected "json" or a valid JSON Schema object'}
 

@@ -6,7 +6,7 @@ native stream and calls ``response_object``, or feeds each native chunk to a
 ``ResponsesStream`` that writes the Responses SSE events.
 
 Non-stateful, as Ollama: ``previous_response_id`` and ``conversation`` are
-refused, nothing is stored. See ollama-api.md §6.5.
+refused, nothing is stored. See docs/api-coverage.md, "/v1/responses".
 
 Where this differs from Ollama or OpenAI:
 - a message's text parts are joined into one native message (images ride on it);

@@ -1,8 +1,9 @@
 """Serving while Redis is away: the router's last known cluster, and the slots it gives out alone.
 
-Redis is a dependency, not a single point of failure for serving (DESIGN.md). Every reaper pass
-(once a second) records what Redis said: the live workers and where each model is placed. When
-Redis stops answering, requests for models placed somewhere go on from that record:
+Redis is a dependency, not a single point of failure for serving (docs/architecture.md, "Redis
+outage"). Every reaper pass (once a second) records what Redis said: the live workers and where
+each model is placed. When Redis stops answering, requests for models placed somewhere go on
+from that record:
 
 - a slot is taken here, on the replica with the fewest of this router's own requests (other
   routers cannot be asked; a worker queues what exceeds its slots, bounded by its

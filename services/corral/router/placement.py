@@ -1,5 +1,6 @@
-"""Where a model that is resident nowhere (or needs another replica) gets loaded (DESIGN.md
-"Placement", step 3). Pure: state in, decision out, so it is tested without Redis.
+"""Where a model that is resident nowhere (or needs another replica) gets loaded
+(docs/architecture.md, "Placement": load, memory fit, LRU eviction). Pure: state in, decision
+out, so it is tested without Redis.
 
 A worker fits a model when it holds fewer than ``max_loaded`` models and its free memory
 (``memory_total`` minus what its placements take) covers the model's estimate. Among workers

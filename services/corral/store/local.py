@@ -1,4 +1,5 @@
-"""The local model store: Ollama's on-disk layout under ``OLLAMA_MODELS`` (contract §4.3).
+"""The local model store: Ollama's on-disk layout under ``OLLAMA_MODELS`` (docs/api-coverage.md,
+"Manifests and the local layout").
 
     <root>/manifests/<host>/<namespace>/<model>/<tag>   exact manifest bytes
     <root>/blobs/sha256-<hex>                            content-addressed layers

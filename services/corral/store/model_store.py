@@ -1,4 +1,5 @@
-"""What a model store does, whatever holds its manifests and blobs (contract §2.6-2.11, §4.3).
+"""What a model store does, whatever holds its manifests and blobs (docs/api-coverage.md,
+"Model management" and "Manifests and the local layout").
 
 ``ModelStore`` is the one implementation of tags, show, create, copy and delete. It reaches
 its storage only through a few blocking primitives (``_locate``, ``_scan``,

@@ -1,4 +1,5 @@
-"""Modelfiles (contract §5): Ollama's parser, its JSON create form, and `ollama show` output.
+"""Modelfiles (docs/api-coverage.md, "Modelfiles"): Ollama's parser, its JSON create form, and
+`ollama show` output.
 
     BadRequestError
     └── ModelfileError      400 with the parser's message, e.g. "no FROM line"

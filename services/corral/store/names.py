@@ -1,4 +1,5 @@
-"""Ollama model names: ``[scheme://][host/][namespace/]model[:tag]`` (contract §4.1).
+"""Ollama model names: ``[scheme://][host/][namespace/]model[:tag]`` (docs/api-coverage.md,
+"Model names").
 
 A name is also a path on disk (``manifests/<host>/<namespace>/<model>/<tag>``), so the
 character rules below are what keeps every manifest inside the store: no part may be

@@ -2,7 +2,8 @@
 
 The store on our side is anything that implements ``Destination`` (pull) or ``Origin``
 (push): the local Ollama-layout store, or the cluster's registry-backed store. This module
-owns the sequence and the progress lines (contract §2.12); ``transfer.py`` moves the bytes.
+owns the sequence and the progress lines (docs/api-coverage.md, "/api/pull and /api/push");
+``transfer.py`` moves the bytes.
 
 Pull:  pulling manifest · pulling <12 hex> {digest,total,completed}… · verifying sha256 digest ·
        writing manifest · [removing unused layers] · success

@@ -1,4 +1,5 @@
-"""Ollama's registry protocol, the Docker Registry HTTP API v2 subset (contract §4.2): the client.
+"""Ollama's registry protocol, the Docker Registry HTTP API v2 subset (docs/api-coverage.md,
+"Registry protocol"): the client.
 
 Blocking by design, run from threads (``asyncio.to_thread``). Blob bodies are the whole
 cost of a pull, and only ``http.client`` reading into one reused buffer keeps up with the

@@ -1,4 +1,5 @@
-"""Model management routes, the same for every store (contract §2.6-2.12, §6.4).
+"""Model management routes, the same for every store (docs/api-coverage.md, "Model management"
+and "/v1/models and /v1/models/:model").
 
 The worker serves them on its local store (or, in a cluster, on the registry store) and the
 router on the cluster's registry store: the store is chosen by configuration when the app
