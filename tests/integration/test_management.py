@@ -431,7 +431,7 @@ def test_delete_errors(store, body, status, message):
     assert_error(store.client.request("DELETE", "/api/delete", json=body), status, message)
 
 
-@pytest.mark.worker_only("the registry store leaves unreferenced blobs to the registry's garbage collector (README)")
+@pytest.mark.worker_only("the registry store leaves unreferenced blobs to the registry's garbage collector (docs/registries.md)")
 def test_delete_keeps_shared_blobs_until_the_last_reference_goes(store):
     system = f"garbage-collected {uuid.uuid4().hex}"
     layer = sha256(system.encode())
