@@ -5,7 +5,7 @@
     docker-registry (or registry) ─ the model store (under the data dir)
     N × corral worker  ─ one shared blob cache under the data dir
     N × corral router  ─ gunicorn + uvicorn
-    nginx ─ the endpoint, round-robin over the routers (deploy/nginx/)
+    nginx ─ the endpoint, round-robin over the routers (corral/nginx/)
 
 Every child inherits this environment, so ``OLLAMA_*``/``CORRAL_*`` reach the services, with
 the wiring (ports, URLs, directories) set here. Workers are told never to unload on their
@@ -37,7 +37,8 @@ logger = logging.getLogger("corral.up")
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 40.0  # a draining worker may take its CORRAL_DRAIN_TIMEOUT
-NGINX_DIR = Path(__file__).resolve().parents[2] / "deploy" / "nginx"
+# Shipped in the package (package data), so an installed corral runs `corral up` too.
+NGINX_DIR = Path(__file__).resolve().parent / "nginx"
 
 
 class UpError(CorralError):
@@ -115,7 +116,7 @@ def plan(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "
         raise UpError(f"CORRAL_MAX_REQUEST_BODY: {exc}") from None
     template = NGINX_DIR / "corral-up.conf"
     if not proxy_conf.is_file() or not template.is_file():
-        raise UpError(f"nginx configuration not found in {NGINX_DIR}: run corral up from a source checkout")
+        raise UpError(f"nginx configuration not found in {NGINX_DIR}: the corral package is incomplete")
     corral = [sys.executable, "-m", "corral.cli"]
     logs = data_dir / "logs"
     base = dict(os.environ)

@@ -1,6 +1,6 @@
-"""How the router recognises a conversation across turns (``dispatch.affinity_key``)."""
+"""How the router recognises a conversation across turns (``placement.affinity_key``)."""
 
-from corral.router.dispatch import affinity_key
+from corral.router.placement import affinity_key
 
 
 def test_the_turns_of_a_chat_share_a_key_and_other_chats_do_not():

@@ -34,6 +34,7 @@ from corral.cluster.redis_client import async_client
 from corral.router.dispatch import ClusterUnavailableError, Dispatcher
 from corral.router.forward import FORWARDED, RAW_SEND, ForwardEndpoint, ForwardShortcut
 from corral.router.metrics import RouterMetrics
+from corral.router.reaper import Reaper
 from corral.router.redis_lane import RedisLane
 from corral.router.settings import RouterSettings
 from corral.router.state import NEVER, ClusterState
@@ -45,7 +46,6 @@ from corral.store.routes import router as models_router
 
 logger = logging.getLogger(__name__)
 
-REAP_EVERY_S = 1.0
 PS_TIMEOUT_S = 5.0
 
 router = APIRouter()
@@ -228,7 +228,7 @@ def create_app(settings: RouterSettings) -> FastAPI:
         app.state.models = RouterModels(store, Registries(client, mirrors=settings.registry_mirrors))
         lane = RedisLane(settings.REDIS_URL) if RedisLane.supports(settings.REDIS_URL) else None
         app.state.dispatcher = d = Dispatcher(settings, ClusterState(redis, lane), store, http, metrics)
-        reaper = asyncio.create_task(_reap_forever(d))
+        reaper = asyncio.create_task(Reaper(d).run())
         try:
             yield
         finally:
@@ -249,24 +249,6 @@ def create_app(settings: RouterSettings) -> FastAPI:
     app.add_middleware(FreshModelsMiddleware)
     serve_ollama_api(app, settings, metrics)
     return app
-
-
-async def _reap_forever(d: Dispatcher) -> None:
-    outage = False
-    while True:
-        try:
-            await d.reap()
-            if outage:
-                logger.info("redis is back")
-            outage = False
-        except RedisError as exc:
-            d.offline.redis_failed(exc)
-            if not outage:
-                logger.warning("reaper: redis unavailable: %s", exc)
-            outage = True
-        except Exception:  # the reaper must outlive any one bad pass
-            logger.exception("reaper pass failed")
-        await asyncio.sleep(REAP_EVERY_S)
 
 
 def from_env() -> FastAPI:

@@ -22,10 +22,7 @@ single Ollama would.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import math
 import time
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -42,15 +39,14 @@ from corral.cluster.workers import (
     MODELS_GENERATION_HEADER,
     STATE_READY,
     WorkerInfo,
-    lapsed_workers,
     live_workers,
     now_ms,
 )
 from corral.router.metrics import RouterMetrics
 from corral.router.offline import OfflineLeases
-from corral.router.placement import plan_load
+from corral.router.placement import ModelSize, affinity_key, could_hold, expires_at, plan_load, too_big
 from corral.router.settings import RouterSettings
-from corral.router.state import NEVER, QUEUE_RENEW_S, ClusterState
+from corral.router.state import QUEUE_RENEW_S, ClusterState
 from corral.router.upstream import Reply, Upstream, WorkerConnectionError
 from corral.store.gguf import kv_cache_bytes
 from corral.store.names import ModelName, is_valid_name
@@ -67,15 +63,6 @@ UNLOAD_TIMEOUT_S = 30.0
 # Response headers that describe the hop, not the content.
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
 _RETRY_STATUSES = {502, 503, 504}
-
-
-@dataclass(frozen=True)
-class ModelSize:
-    weights: int
-    kv_per_sequence: int
-
-    def on(self, worker: WorkerInfo) -> int:
-        return self.weights + self.kv_per_sequence * max(1, worker.num_parallel)
 
 
 class Downstream:
@@ -347,8 +334,8 @@ class Dispatcher:
                 placements = await self.state.placements([w.id for w in everyone])
                 resident = any(p.model == model and p.worker in {w.id for w in ready} for p in placements)
                 hot = time.monotonic() - waited_since >= self.settings.CORRAL_REPLICATE_AFTER
-                if not resident and not any(_could_hold(w, size) for w in ready):
-                    raise _too_big(size, ready)
+                if not resident and not any(could_hold(w, size) for w in ready):
+                    raise too_big(size, ready)
                 if time.monotonic() - waited_since > self.settings.load_timeout_seconds:
                     raise ServerBusyError(f"timed out waiting for a worker to run {model}")
                 if not resident or hot:
@@ -394,7 +381,7 @@ class Dispatcher:
                 self.metrics.evictions.labels("lru").inc()
                 await self.unload(plan.worker, victim.model)
             # Until its first request is done, a model being loaded shows now + keep-alive, as in Ollama.
-            await self.state.place(plan.worker.id, model, size.on(plan.worker), _expires_at(keep_alive))
+            await self.state.place(plan.worker.id, model, size.on(plan.worker), expires_at(keep_alive))
             self.metrics.loads.labels("replica" if replica else "first").inc()
             self.metrics.placements.labels("loaded").inc()
             logger.info("placing %s on %s (evicted %s)", model, plan.worker.id, [v.model for v in plan.evict])
@@ -403,10 +390,10 @@ class Dispatcher:
             await self.state.unlock(token)
 
     async def finish(self, worker: WorkerInfo, model: str, keep_alive: float | None) -> None:
-        if self.offline.release(worker.id, model, _expires_at(keep_alive)):
+        if self.offline.release(worker.id, model, expires_at(keep_alive)):
             return  # a slot taken while Redis was away (its keep-alive is set when Redis is back)
         try:
-            remaining = await self.state.release(worker.id, model, _expires_at(keep_alive))
+            remaining = await self.state.release(worker.id, model, expires_at(keep_alive))
             if (
                 keep_alive == 0
                 and remaining == 0
@@ -473,6 +460,10 @@ class Dispatcher:
         # still serving the model: the unload order would reach it behind the router's back.
         return await self.relay_anywhere(path, body, avoid=busy)
 
+    def forget_workers(self) -> None:
+        """Read the workers from Redis on the next look (after it comes back)."""
+        self._workers = (0.0, [])
+
     async def snapshot(self) -> dict[str, Any]:
         """Cluster gauges for /metrics, read from Redis now."""
         redis = self.state.redis
@@ -485,91 +476,8 @@ class Dispatcher:
             placed[placement.model] = placed.get(placement.model, 0) + 1
         return {"workers": by_state, "placed": placed, "queues": await self.state.queue_depths()}
 
-    # -- the reaper
-
-    async def reap(self) -> None:
-        """Unload expired idle placements and forget lapsed workers; every router runs this,
-        and each expiry is claimed once. Each pass also records the cluster as Redis says it
-        (``offline``), and the first pass after an outage hands Redis what happened meanwhile."""
-        redis = self.state.redis
-        # First a command that always reaches Redis: while it fails, Redis is still away.
-        given_back = await self.state.reap_slots()
-        await self.state.renew()
-        if self.offline.active or self.offline.pending or self.state.unreleased:
-            await self.offline.reconcile(self.state)
-            self._workers = (0.0, [])  # read the workers afresh
-        if given_back:
-            logger.warning("gave back %d slots whose router stopped renewing them", given_back)
-        # Right after an outage, workers whose heartbeats failed meanwhile get time to beat again.
-        for worker_id in [] if self.offline.rejoining() else await lapsed_workers(redis):
-            logger.warning("worker %s missed its heartbeats: dropping it and its models", worker_id)
-            self.metrics.evictions.labels("worker_lost").inc(
-                len([p for p in await self.state.placements([worker_id])])
-            )
-            await self.state.drop_worker(worker_id)
-            await redis.zrem("corral:workers", worker_id)
-        everyone = await live_workers(redis, lapsed_for_at_most_ms=self.offline.lease_grace_ms())
-        by_id = {w.id: w for w in everyone}
-        placements = await self.state.placements(list(by_id))
-        self.offline.record(everyone, placements)
-        now = now_ms()
-        for placement in placements:
-            if placement.expires_at == NEVER or placement.expires_at > now or placement.in_flight:
-                continue
-            if await self.state.claim_unload(placement.worker, placement.model, expired_only=True):
-                logger.info("keep-alive expired: unloading %s on %s", placement.model, placement.worker)
-                self.metrics.evictions.labels("keep_alive").inc()
-                await self.unload(by_id[placement.worker], placement.model)
-
-
 class _Retry(Exception):
     pass
-
-
-def _could_hold(worker: WorkerInfo, size: ModelSize) -> bool:
-    """Whether the worker could hold the model with everything else unloaded."""
-    return not worker.memory_total or size.on(worker) <= worker.memory_total
-
-
-def _too_big(size: ModelSize, workers: list[WorkerInfo]) -> CorralError:
-    # Ollama's wording when a model cannot fit the machine at all.
-    need = min(size.on(w) for w in workers)
-    have = max(w.memory_total for w in workers)
-    return CorralError(
-        f"model requires more system memory ({need / (1 << 30):.1f} GiB) than is available ({have / (1 << 30):.1f} GiB)"
-    )
-
-
-def _expires_at(keep_alive: float | None) -> int:
-    if keep_alive is None or math.isinf(keep_alive) or keep_alive < 0:
-        return NEVER
-    return now_ms() + int(keep_alive * 1000)
-
-
-AFFINITY_PROMPT_CHARS = 512
-
-
-def affinity_key(path: str, body: dict[str, Any]) -> str:
-    """What identifies a conversation across its turns, hashed ('' when nothing does).
-
-    A chat's next turn repeats its messages so far: everything up to the first user message
-    stays the same. A completion's next turn sends the previous one's ``context``; failing
-    that, a prompt is known by its beginning (a shared document or instructions)."""
-    messages = body.get("messages")
-    if isinstance(messages, list) and messages:
-        upto = next((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), 0)
-        basis: Any = messages[: upto + 1]
-    elif isinstance(body.get("context"), list) and body["context"]:
-        basis = body["context"][:64]
-    elif isinstance(body.get("prompt"), str) and body["prompt"]:
-        basis = [body.get("system"), body["prompt"][:AFFINITY_PROMPT_CHARS]]
-    else:
-        return ""
-    try:
-        text = json.dumps(basis, sort_keys=True, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError):  # RecursionError: a message nested 10,000 deep
-        return ""
-    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 def _is_empty(body: dict[str, Any]) -> bool:
