@@ -197,7 +197,7 @@ class Dispatcher:
         kv = 0
         if record.model_digest:
             try:
-                info = await asyncio.to_thread(self.store._blob_gguf, record.model_digest)
+                info = await asyncio.to_thread(self.store.blob_gguf, record.model_digest)
                 kv = kv_cache_bytes(info, num_ctx=self.settings.default_num_ctx, n_parallel=1)
             except (OSError, CorralError) as exc:
                 logger.warning("no memory estimate for %s: %s", model, exc)

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from corral.api.errors import NotFoundError, model_not_found
 from corral.store.local import LocalStore
-from corral.store.model_store import ModelRecord, manifest_digests
+from corral.store.manifest import manifest_digests
+from corral.store.model_store import ModelRecord
 from corral.store.names import ModelName
 from corral.store.oci import RegistryStore
 from corral.store.pull import Registries, follow, manifest_layers
@@ -59,11 +60,11 @@ class BlobCache:
     async def get(self, name: str) -> ModelRecord:
         """The model as local files, fetched from the cluster registry when missing or changed."""
         parsed = ModelName.parse(name)
-        located = await asyncio.to_thread(self.cluster._locate, parsed)
+        located = await asyncio.to_thread(self.cluster.locate, parsed)
         if located is None:
             raise model_not_found(name)
         stored, ref = located
-        data = (await asyncio.to_thread(self.cluster._read_manifest, ref))[0]
+        data = (await asyncio.to_thread(self.cluster.read_manifest, ref))[0]
         fetched = set()
         for layer in manifest_layers(data):
             fetched.add(layer.hex)
@@ -114,9 +115,9 @@ class BlobCache:
         if total <= self.max_bytes:
             return 0
         users: dict[str, list[Path]] = {}
-        for _, path in self.local._scan():
+        for _, path in self.local.scan():
             try:
-                for hex_digest in manifest_digests(self.local._read_manifest(path)[1]):
+                for hex_digest in manifest_digests(self.local.read_manifest(path)[1]):
                     users.setdefault(hex_digest, []).append(path)
             except (OSError, ValueError, TypeError, AttributeError):
                 continue
@@ -133,7 +134,7 @@ class BlobCache:
             for manifest in users.get(hex_digest, []):
                 if manifest.exists():
                     manifest.unlink()
-                    self.local._remove_empty_dirs(manifest.parent)
+                    self.local.remove_empty_dirs(manifest.parent)
             try:
                 path.unlink()
             except FileNotFoundError:

@@ -33,7 +33,8 @@ from typing import Any
 
 from corral.api.errors import BadRequestError, InvalidNameError
 from corral.store.gguf import GGUFCache, GGUFInfo
-from corral.store.model_store import ModelRecord, ModelStore, _compact_json, digest_hex, manifest_digests
+from corral.store.manifest import compact_json, digest_hex, manifest_digests
+from corral.store.model_store import ModelRecord, ModelStore
 from corral.store.names import ModelName
 from corral.store.pull import Layer
 from corral.store.transfer import FileSource, PartialFile, Source, Transfer, copy_blob
@@ -99,22 +100,22 @@ class LocalStore(ModelStore):
                 with suppress(OSError):
                     os.unlink(temp)
 
-    def _blob_size(self, hex_digest: str) -> int | None:
+    def blob_size(self, hex_digest: str) -> int | None:
         try:
             return (self.blobs_dir / f"sha256-{hex_digest}").stat().st_size
         except FileNotFoundError:
             return None
 
-    def _read_blob(self, hex_digest: str) -> bytes:
+    def read_blob(self, hex_digest: str) -> bytes:
         return (self.blobs_dir / f"sha256-{hex_digest}").read_bytes()
 
-    def _blob_gguf(self, hex_digest: str) -> GGUFInfo:
+    def blob_gguf(self, hex_digest: str) -> GGUFInfo:
         return self.gguf_cache.read(self.blobs_dir / f"sha256-{hex_digest}")
 
-    def _blob_location(self, hex_digest: str) -> Path | None:
+    def blob_location(self, hex_digest: str) -> Path | None:
         return self.blobs_dir / f"sha256-{hex_digest}"
 
-    def _put_small_blob(self, data: bytes) -> tuple[str, bool]:
+    def put_small_blob(self, data: bytes) -> tuple[str, bool]:
         """Store small content (a template, params); returns (hex, created)."""
         hex_digest = hashlib.sha256(data).hexdigest()
         final = self.blobs_dir / f"sha256-{hex_digest}"
@@ -134,14 +135,14 @@ class LocalStore(ModelStore):
 
     async def write_manifest(self, name: ModelName, manifest: dict | bytes) -> str:
         """Write a manifest's exact bytes atomically; returns their sha256 hex."""
-        data = manifest if isinstance(manifest, bytes) else _compact_json(manifest)
-        return await asyncio.to_thread(self._write_manifest_sync, name, data)
+        data = manifest if isinstance(manifest, bytes) else compact_json(manifest)
+        return await asyncio.to_thread(self.put_manifest, name, data)
 
-    def _write_manifest_sync(self, name: ModelName, data: bytes) -> str:
+    def put_manifest(self, name: ModelName, data: bytes) -> str:
         _atomic_write(self.manifests_dir / name.manifest_relpath(), data)
         return hashlib.sha256(data).hexdigest()
 
-    def _locate(self, name: ModelName) -> tuple[ModelName, Path] | None:
+    def locate(self, name: ModelName) -> tuple[ModelName, Path] | None:
         """The stored name and manifest path for ``name``, matched case-insensitively."""
         exact = self.manifests_dir / name.manifest_relpath()
         if exact.is_file():
@@ -162,7 +163,7 @@ class LocalStore(ModelStore):
         host, namespace, model, tag = found
         return ModelName(host, namespace, model, tag, name.scheme), current
 
-    def _scan(self) -> list[tuple[ModelName, Path]]:
+    def scan(self) -> list[tuple[ModelName, Path]]:
         """Every manifest on disk (``manifests/*/*/*/*``) whose path is a valid name."""
         found: list[tuple[ModelName, Path]] = []
         for path in _walk_files(self.manifests_dir, depth=4):
@@ -175,7 +176,7 @@ class LocalStore(ModelStore):
             found.append((name, path))
         return found
 
-    def _read_manifest(self, path: Path) -> tuple[bytes, dict, datetime]:
+    def read_manifest(self, path: Path) -> tuple[bytes, dict, datetime]:
         data = path.read_bytes()
         stat = path.stat()
         manifest = json.loads(data)
@@ -183,9 +184,9 @@ class LocalStore(ModelStore):
             raise TypeError("manifest is not a JSON object")
         return data, manifest, datetime.fromtimestamp(stat.st_mtime).astimezone()
 
-    def _delete_manifest(self, name: ModelName, path: Path) -> None:
+    def delete_manifest(self, name: ModelName, path: Path) -> None:
         path.unlink()
-        self._remove_empty_dirs(path.parent)
+        self.remove_empty_dirs(path.parent)
 
     # --- pull and push (store/pull.py drives these) --------------------------------------
 
@@ -210,7 +211,7 @@ class LocalStore(ModelStore):
 
     # --- removal ----------------------------------------------------------------------------
 
-    def _remove_empty_dirs(self, directory: Path) -> None:
+    def remove_empty_dirs(self, directory: Path) -> None:
         while directory != self.manifests_dir and self.manifests_dir in directory.parents:
             try:
                 directory.rmdir()
@@ -218,12 +219,12 @@ class LocalStore(ModelStore):
                 return
             directory = directory.parent
 
-    def _prune(self, candidates: Iterable[str]) -> int:
+    def prune_unreferenced(self, candidates: Iterable[str]) -> int:
         """Delete those candidate blobs no remaining manifest references; returns how many."""
         referenced: set[str] = set()
-        for _, path in self._scan():
+        for _, path in self.scan():
             try:
-                referenced |= manifest_digests(self._read_manifest(path)[1])
+                referenced |= manifest_digests(self.read_manifest(path)[1])
             except (OSError, ValueError, AttributeError, TypeError) as exc:
                 logger.warning("ignoring unreadable manifest %s while pruning: %s", path, exc)
         removed = 0

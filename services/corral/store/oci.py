@@ -46,7 +46,8 @@ from typing import Any, Protocol
 
 from corral.api.errors import BadRequestError, CorralError, InvalidNameError
 from corral.store.gguf import GGUFInfo, read_gguf_prefix
-from corral.store.model_store import ModelRecord, ModelStore, digest_hex, manifest_digests
+from corral.store.manifest import digest_hex, manifest_digests
+from corral.store.model_store import ModelRecord, ModelStore
 from corral.store.names import ModelName
 from corral.store.pull import Layer
 from corral.store.registry import RegistryClient, RegistryError, Repository, parse_registry_url
@@ -159,7 +160,7 @@ class RegistryStore(ModelStore):
 
     # --- manifests ----------------------------------------------------------------------------
 
-    def _locate(self, name: ModelName) -> tuple[ModelName, Any] | None:
+    def locate(self, name: ModelName) -> tuple[ModelName, Any] | None:
         repo = self.repository(name)
         tag = name.tag.lower()
         data = self._manifest_bytes(repo.path, tag)
@@ -179,7 +180,7 @@ class RegistryStore(ModelStore):
 
         return self._manifests.get((path, tag), fetch)
 
-    def _scan(self) -> list[tuple[ModelName, Any]]:
+    def scan(self) -> list[tuple[ModelName, Any]]:
         def scan() -> list[tuple[ModelName, Any]]:
             found = []
             for path in self.client.catalog(self.blobs):
@@ -193,7 +194,7 @@ class RegistryStore(ModelStore):
 
         return self._listing.get("scan", scan)
 
-    def _read_manifest(self, ref: Any) -> tuple[bytes, dict, datetime]:
+    def read_manifest(self, ref: Any) -> tuple[bytes, dict, datetime]:
         path, tag = ref
         data = self._manifest_bytes(path, tag)
         if data is None:
@@ -215,7 +216,7 @@ class RegistryStore(ModelStore):
                 return agreed
         return self._blob_time(digest_hex(config)) if config else datetime.now(UTC)
 
-    def _write_manifest_sync(self, name: ModelName, data: bytes) -> str:
+    def put_manifest(self, name: ModelName, data: bytes) -> str:
         repo = self.repository(name)
         for hex_digest in manifest_digests(json.loads(data)):
             self._link(repo, hex_digest)
@@ -233,7 +234,7 @@ class RegistryStore(ModelStore):
         if not self.client.mount_blob(repo, digest, BLOBS_REPOSITORY):
             raise CorralError(f"layer {digest} is missing from the cluster registry")
 
-    def _delete_manifest(self, name: ModelName, ref: Any) -> None:
+    def delete_manifest(self, name: ModelName, ref: Any) -> None:
         path, tag = ref
         repo = self.blobs.sibling(path)
         digest = self.client.head_manifest(repo, tag)
@@ -255,7 +256,7 @@ class RegistryStore(ModelStore):
 
     # --- blobs ----------------------------------------------------------------------------------
 
-    def _blob_size(self, hex_digest: str) -> int | None:
+    def blob_size(self, hex_digest: str) -> int | None:
         return self.client.blob_size(self.blobs, f"sha256:{hex_digest}")
 
     def _blob_time(self, hex_digest: str) -> datetime:
@@ -277,7 +278,7 @@ class RegistryStore(ModelStore):
                 self._blob_times.popitem(last=False)
         return when
 
-    def _read_blob(self, hex_digest: str) -> bytes:
+    def read_blob(self, hex_digest: str) -> bytes:
         with self._lock_small:
             hit = self._small.get(hex_digest)
         if hit is not None:
@@ -300,7 +301,7 @@ class RegistryStore(ModelStore):
                 self._small.popitem(last=False)
         return bytes(data)
 
-    def _put_small_blob(self, data: bytes) -> tuple[str, bool]:
+    def put_small_blob(self, data: bytes) -> tuple[str, bool]:
         hex_digest = hashlib.sha256(data).hexdigest()
         digest = f"sha256:{hex_digest}"
         if self.client.blob_size(self.blobs, digest) is not None:
@@ -310,7 +311,7 @@ class RegistryStore(ModelStore):
         upload.finish()
         return hex_digest, True
 
-    def _blob_gguf(self, hex_digest: str) -> GGUFInfo:
+    def blob_gguf(self, hex_digest: str) -> GGUFInfo:
         with self._lock_small:
             hit = self._gguf.get(hex_digest)
         if hit is not None:
@@ -340,7 +341,7 @@ class RegistryStore(ModelStore):
 
     async def has_blob(self, digest: str) -> bool:
         hex_digest = digest_hex(digest)
-        return await asyncio.to_thread(self._blob_size, hex_digest) is not None
+        return await asyncio.to_thread(self.blob_size, hex_digest) is not None
 
     async def write_blob(self, digest: str, chunks: AsyncIterator[bytes]) -> bool:
         """Spool an upload to disk and check its digest, then send it to ``corral/blobs``."""
@@ -375,7 +376,7 @@ class RegistryStore(ModelStore):
 
     async def has_layer(self, name: ModelName, layer: Layer) -> bool:
         repository_path(name)  # a name the registry cannot hold fails before any download
-        return await asyncio.to_thread(self._blob_size, layer.hex) is not None
+        return await asyncio.to_thread(self.blob_size, layer.hex) is not None
 
     def receive(self, name: ModelName, layer: Layer, source: Source, transfer: Transfer) -> None:
         """Stream one layer from upstream straight into the cluster registry (resumable)."""

@@ -32,11 +32,11 @@ from pathlib import Path
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from corral.api.errors import CorralError, NotFoundError, UpstreamError
+from corral.store.manifest import MEDIA_MANIFEST
 from corral.store.names import ModelName
 
 logger = logging.getLogger(__name__)
 
-MEDIA_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 ACCEPT_MANIFEST = f"{MEDIA_MANIFEST}, {MEDIA_OCI_MANIFEST}"
 

@@ -18,7 +18,7 @@ from corral.cluster.workers import MODELS_GENERATION_HEADER
 from corral.store.cache import BlobCache
 from corral.store.gguf import GGUFCache
 from corral.store.local import LocalStore
-from corral.store.model_store import manifest_digests
+from corral.store.manifest import manifest_digests
 from corral.store.oci import RegistryStore
 from corral.store.pull import Registries
 from corral.store.registry import RegistryClient

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from corral.store.cache import blob_usage
+from corral.store.model_store import ModelStore
 from corral.store.pull import Registries
 from corral.worker.inference import Inference
 from corral.worker.metrics import WorkerMetrics
@@ -16,7 +16,7 @@ from corral.worker.settings import WorkerSettings
 @dataclass
 class WorkerState:
     settings: WorkerSettings
-    store: Any  # corral.store.local.LocalStore
+    store: ModelStore  # the API's: the LocalStore, or in a cluster the RegistryStore
     scheduler: Scheduler
     inference: Inference
     metrics: WorkerMetrics
