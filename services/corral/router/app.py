@@ -32,7 +32,7 @@ from corral.api.streams import format_time
 from corral.cluster.model_times import RedisModelTimes
 from corral.cluster.redis_client import async_client
 from corral.router.dispatch import ClusterUnavailableError, Dispatcher
-from corral.router.forward import FORWARDED, RAW_SEND, ForwardEndpoint, ForwardShortcut
+from corral.router.forward import FORWARDED, RAW_SEND, ForwardEndpoint, ForwardShortcut, relayed_response
 from corral.router.metrics import RouterMetrics
 from corral.router.reaper import Reaper
 from corral.router.redis_lane import RedisLane
@@ -84,7 +84,7 @@ async def show(request: Request) -> Response:
     (the router parses none). With no worker up, the registry answers here."""
     body = await read_json(request, requests.SHOW)
     try:
-        return await dispatcher(request).relay_anywhere("/api/show", body)
+        return relayed_response(await dispatcher(request).relay_anywhere("/api/show", body))
     except ClusterUnavailableError:
         return await store_routes.show(request, request.app.state.models)
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from fastapi.responses import Response
 from redis.exceptions import RedisError
 
 from corral.api.durations import DurationError, parse_keep_alive
@@ -63,6 +62,16 @@ UNLOAD_TIMEOUT_S = 30.0
 # Response headers that describe the hop, not the content.
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
 _RETRY_STATUSES = {502, 503, 504}
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """A worker's whole answer, passed on as it came (an error, or a request that needed no
+    placement); the HTTP layer turns it into the response."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
 
 
 class Downstream:
@@ -209,7 +218,7 @@ class Dispatcher:
 
     # -- one request
 
-    async def forward(self, client: Downstream, path: str, body: dict[str, Any]) -> Forwarded | Response:
+    async def forward(self, client: Downstream, path: str, body: dict[str, Any]) -> Forwarded | Relayed:
         try:
             return await self._forward(client, path, body)
         except RedisError as exc:
@@ -222,7 +231,7 @@ class Dispatcher:
             self.metrics.rejections.labels("redis" if self.offline.active else "no_workers").inc()
             raise
 
-    async def _forward(self, client: Downstream, path: str, body: dict[str, Any]) -> Forwarded | Response:
+    async def _forward(self, client: Downstream, path: str, body: dict[str, Any]) -> Forwarded | Relayed:
         model = body.get("model")
         keep_alive = self._keep_alive(body)
         size = None
@@ -426,7 +435,7 @@ class Dispatcher:
         except DurationError:
             return None
 
-    async def relay_anywhere(self, path: str, body: dict[str, Any], avoid: AbstractSet[str] = frozenset()) -> Response:
+    async def relay_anywhere(self, path: str, body: dict[str, Any], avoid: AbstractSet[str] = frozenset()) -> Relayed:
         if not self.offline.active:
             await self._sync_models_if_up()  # the answer can come from a worker either way
         ready = [w for w in await self.workers() if w.state == STATE_READY]
@@ -440,10 +449,9 @@ class Dispatcher:
             )
         except httpx.HTTPError as exc:
             raise UpstreamError(f"worker {workers[0].id}: {exc}") from exc
-        return Response(reply.content, status_code=reply.status_code,
-                        headers={k: v for k, v in reply.headers.items() if k.lower() not in HOP_HEADERS})
+        return Relayed(reply.status_code, {k: v for k, v in reply.headers.items() if k.lower() not in HOP_HEADERS}, reply.content)
 
-    async def _unload_everywhere(self, model: str, path: str, body: dict[str, Any]) -> Response:
+    async def _unload_everywhere(self, model: str, path: str, body: dict[str, Any]) -> Relayed:
         """``keep_alive: 0`` with nothing to run: unload the model from every worker holding it."""
         everyone = await self.workers()
         holders = {p.worker for p in await self.state.placements([w.id for w in everyone]) if p.model == model}

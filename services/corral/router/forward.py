@@ -34,7 +34,7 @@ from corral.api import requests
 from corral.api.errors import BadRequestError, CorralError
 from corral.api.http import answer_error, decode_json
 from corral.api.streams import ndjson_line
-from corral.router.dispatch import HOP_HEADERS, Dispatcher, Downstream, Forwarded
+from corral.router.dispatch import HOP_HEADERS, Dispatcher, Downstream, Forwarded, Relayed
 from corral.router.upstream import WorkerConnectionError
 
 logger = logging.getLogger(__name__)
@@ -69,8 +69,8 @@ class ForwardEndpoint:
             body = await decode_json(await _read_body(receive), self.shape)
             watcher = asyncio.ensure_future(_watch(receive, client))
             answer = await dispatcher.forward(client, self.path, body)
-            if isinstance(answer, Response):
-                await answer(scope, receive, send)
+            if isinstance(answer, Relayed):
+                await relayed_response(answer)(scope, receive, send)
             else:
                 await _relay(answer, dispatcher, client, send, scope.get(RAW_SEND))
         except CorralError as exc:
@@ -78,6 +78,11 @@ class ForwardEndpoint:
         finally:
             if watcher is not None:
                 watcher.cancel()
+
+
+def relayed_response(answer: Relayed) -> Response:
+    """A worker's whole answer as the client's response."""
+    return Response(answer.body, status_code=answer.status, headers=answer.headers)
 
 
 async def _read_body(receive: Receive) -> bytes:
