@@ -88,8 +88,14 @@ def run_up(args: argparse.Namespace) -> None:
     configure_logging(level=logging.INFO, fmt="text")
     host = parse_ollama_host(os.environ.get("OLLAMA_HOST", "")).host
     try:
-        code = run(port=args.port, workers=args.workers, routers=args.routers, data_dir=Path(args.data_dir), host=host,
-                   redis_url=args.redis_url)
+        code = run(
+            port=args.port,
+            workers=args.workers,
+            routers=args.routers,
+            data_dir=Path(args.data_dir),
+            host=host,
+            redis_url=args.redis_url,
+        )
     except UpError as exc:
         print(f"corral up: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -116,7 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--workers", type=int, default=1, help="inference workers (default 1)")
     up.add_argument("--routers", type=int, default=1, help="routers behind nginx (default 1)")
     up.add_argument("--data-dir", default="~/.corral", help="models, state and logs (default ~/.corral)")
-    up.add_argument("--redis-url", default="", help="use this Redis (redis://, redis+sentinel://) instead of starting one")
+    up.add_argument(
+        "--redis-url", default="", help="use this Redis (redis://, redis+sentinel://) instead of starting one"
+    )
     up.set_defaults(func=run_up)
     pull = sub.add_parser("pull", help="pull models through a running endpoint (OLLAMA_HOST), e.g. to preload them")
     pull.add_argument("models", nargs="+", help="model names (a comma- or space-separated list also works)")

@@ -59,7 +59,11 @@ class Child:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.argv,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
 
@@ -102,8 +106,9 @@ def find_binary(*names: str) -> str:
     raise UpError(f"{' or '.join(names)} not found: install it (Debian: apt-get install {names[0]})")
 
 
-def plan(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "127.0.0.1",
-         redis_url: str = "") -> list[Child]:
+def plan(
+    *, port: int, workers: int, routers: int, data_dir: Path, host: str = "127.0.0.1", redis_url: str = ""
+) -> list[Child]:
     """Every child, in start order, with its ports, directories and environment. With
     ``redis_url`` the cluster uses that Redis (one, or a Sentinel group) instead of its own."""
     redis_bin = "" if redis_url else find_binary("redis-server")
@@ -130,15 +135,34 @@ def plan(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "
         redis_port = _free_port()
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         (data_dir / "redis").mkdir(parents=True, exist_ok=True)
-        children.append(Child(
-            "redis", [redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(data_dir / "redis"),
-                      "--appendonly", "yes", "--save", ""],
-            base, logs / "redis.log", None,
-        ))
+        children.append(
+            Child(
+                "redis",
+                [
+                    redis_bin,
+                    "--port",
+                    str(redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(data_dir / "redis"),
+                    "--appendonly",
+                    "yes",
+                    "--save",
+                    "",
+                ],
+                base,
+                logs / "redis.log",
+                None,
+            )
+        )
     children += [
         Child(
-            "registry", [registry_bin, "serve", str(_registry_config(data_dir, registry_port))],
-            base, logs / "registry.log", ("127.0.0.1", registry_port, "/v2/"),
+            "registry",
+            [registry_bin, "serve", str(_registry_config(data_dir, registry_port))],
+            base,
+            logs / "registry.log",
+            ("127.0.0.1", registry_port, "/v2/"),
         ),
     ]
     cluster = {**base, "REDIS_URL": redis_url, "CORRAL_REGISTRY_URL": registry_url}
@@ -146,12 +170,17 @@ def plan(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "
     for i in range(workers):
         p = _free_port()
         env = {
-            **cluster, "OLLAMA_HOST": f"127.0.0.1:{p}", "OLLAMA_MODELS": str(data_dir / "cache"),
-            "CORRAL_WORKER_ID": f"worker-{i + 1}", "CORRAL_WORKER_URL": f"http://127.0.0.1:{p}",
-            "OLLAMA_KEEP_ALIVE": "-1", "CORRAL_NUM_THREADS": threads,
+            **cluster,
+            "OLLAMA_HOST": f"127.0.0.1:{p}",
+            "OLLAMA_MODELS": str(data_dir / "cache"),
+            "CORRAL_WORKER_ID": f"worker-{i + 1}",
+            "CORRAL_WORKER_URL": f"http://127.0.0.1:{p}",
+            "OLLAMA_KEEP_ALIVE": "-1",
+            "CORRAL_NUM_THREADS": threads,
         }
-        children.append(Child(f"worker-{i + 1}", [*corral, "worker"], env, logs / f"worker-{i + 1}.log",
-                              ("127.0.0.1", p, "/")))
+        children.append(
+            Child(f"worker-{i + 1}", [*corral, "worker"], env, logs / f"worker-{i + 1}.log", ("127.0.0.1", p, "/"))
+        )
     router_ports = []
     for i in range(routers):
         p = _free_port()
@@ -159,10 +188,15 @@ def plan(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "
         metrics_dir = data_dir / "routers" / f"router-{i + 1}" / "metrics"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
-        env = {**cluster, "OLLAMA_HOST": f"127.0.0.1:{p}", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-               "CORRAL_SPOOL_DIR": str(data_dir / "routers" / f"router-{i + 1}" / "spool")}
-        children.append(Child(f"router-{i + 1}", [*corral, "router"], env, logs / f"router-{i + 1}.log",
-                              ("127.0.0.1", p, "/")))
+        env = {
+            **cluster,
+            "OLLAMA_HOST": f"127.0.0.1:{p}",
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            "CORRAL_SPOOL_DIR": str(data_dir / "routers" / f"router-{i + 1}" / "spool"),
+        }
+        children.append(
+            Child(f"router-{i + 1}", [*corral, "router"], env, logs / f"router-{i + 1}.log", ("127.0.0.1", p, "/"))
+        )
     nginx_dir = data_dir / "nginx"
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (nginx_dir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
@@ -175,15 +209,19 @@ def plan(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "
     conf = conf.replace("@@MAX_BODY@@", str(max_body))
     (nginx_dir / "nginx.conf").write_text(conf)
     children.append(
-        Child("nginx", [nginx_bin, "-p", str(nginx_dir), "-c", "nginx.conf", "-g", "daemon off;"], base,
-              logs / "nginx.log", (host if host not in ("0.0.0.0", "::") else "127.0.0.1", port, "/"),
-              stop_signal=signal.SIGQUIT)
+        Child(
+            "nginx",
+            [nginx_bin, "-p", str(nginx_dir), "-c", "nginx.conf", "-g", "daemon off;"],
+            base,
+            logs / "nginx.log",
+            (host if host not in ("0.0.0.0", "::") else "127.0.0.1", port, "/"),
+            stop_signal=signal.SIGQUIT,
+        )
     )
     return children
 
 
-def run(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "127.0.0.1",
-        redis_url: str = "") -> int:
+def run(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "127.0.0.1", redis_url: str = "") -> int:
     data_dir = data_dir.expanduser().resolve()
     if _port_taken(host, port):
         raise UpError(f"port {port} is in use (an Ollama server?): stop it or pass --port")
@@ -211,11 +249,14 @@ def run(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "1
             if stopping:
                 return 130
         endpoint = f"http://{host}:{port}"
-        print(f"Corral is running at {endpoint}  ({_count(workers, 'worker')}, {_count(routers, 'router')}; "
-              f"logs in {data_dir / 'logs'})",
-              flush=True)
-        print(f"  export OLLAMA_HOST={endpoint}    # then: ollama run, ollama.chat(...), OpenAI(base_url=...)",
-              flush=True)
+        print(
+            f"Corral is running at {endpoint}  ({_count(workers, 'worker')}, {_count(routers, 'router')}; "
+            f"logs in {data_dir / 'logs'})",
+            flush=True,
+        )
+        print(
+            f"  export OLLAMA_HOST={endpoint}    # then: ollama run, ollama.chat(...), OpenAI(base_url=...)", flush=True
+        )
         print(json.dumps({"endpoint": endpoint, "data_dir": str(data_dir)}), flush=True)
         while not stopping:
             for child in started:

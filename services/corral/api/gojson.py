@@ -126,24 +126,24 @@ def _deep_value(s: str, i: int) -> tuple[Any, int]:
 
     def key_at(j: int) -> tuple[str, int]:
         j = _skip_ws(s, j)
-        if s[j:j + 1] != '"':
+        if s[j : j + 1] != '"':
             raise _Refused(_unexpected(s, j, "looking for beginning of object key string"))
         key, j = scanstring(s, j + 1)
         j = _skip_ws(s, j)
-        if s[j:j + 1] != ":":
+        if s[j : j + 1] != ":":
             raise _Refused(_unexpected(s, j, "after object key"))
         return key, _skip_ws(s, j + 1)
 
     i = _skip_ws(s, i)
     while True:
-        char = s[i:i + 1]
+        char = s[i : i + 1]
         closed = False
         if char in ("{", "["):
             if len(stack) >= MAX_DEPTH:
                 raise _Refused(f"invalid character '{char}' exceeded max depth")
             container: Any = {} if char == "{" else []
             i = _skip_ws(s, i + 1)
-            if s[i:i + 1] == ("}" if char == "{" else "]"):
+            if s[i : i + 1] == ("}" if char == "{" else "]"):
                 value, i, closed = container, i + 1, True
             else:
                 stack.append(container)
@@ -164,7 +164,7 @@ def _deep_value(s: str, i: int) -> tuple[Any, int]:
             else:
                 parent.append(value)
             i = _skip_ws(s, i)
-            char = s[i:i + 1]
+            char = s[i : i + 1]
             if char == ",":
                 if isinstance(parent, dict):
                     keys[-1], i = key_at(i + 1)
@@ -181,14 +181,14 @@ def _deep_value(s: str, i: int) -> tuple[Any, int]:
 
 
 def _deep_scalar(s: str, i: int) -> tuple[Any, int]:
-    char = s[i:i + 1]
+    char = s[i : i + 1]
     if char == '"':
         return scanstring(s, i + 1)
     for literal, value in (("true", True), ("false", False), ("null", None)):
         if s.startswith(literal, i):
             return value, i + len(literal)
     if s.startswith("NaN", i) or s.startswith("Infinity", i) or s.startswith("-Infinity", i):
-        _no_constant("-Infinity" if char == "-" else s[i:i + 3])
+        _no_constant("-Infinity" if char == "-" else s[i : i + 3])
     match = _NUMBER.match(s, i)
     if match and match.end() > i and match.group() != "-":
         text = match.group()
@@ -318,7 +318,9 @@ class _At:
         return _At(self.struct, f"{self.path}.{key}" if self.path else key)
 
     def error(self, kind: str, go_type: str) -> BadRequestError:
-        return BadRequestError(f"json: cannot unmarshal {kind} into Go struct field {self.struct}.{self.path} of type {go_type}")
+        return BadRequestError(
+            f"json: cannot unmarshal {kind} into Go struct field {self.struct}.{self.path} of type {go_type}"
+        )
 
 
 class GoType:

@@ -203,8 +203,9 @@ class LastResortMiddleware:
             await self.app(scope, receive, watch)
         except Exception as exc:
             ident = request_id(scope)
-            logger.error("unhandled error in %s %s (request id %s)", scope["method"], scope["path"], ident,
-                         exc_info=exc)
+            logger.error(
+                "unhandled error in %s %s (request id %s)", scope["method"], scope["path"], ident, exc_info=exc
+            )
             if started:
                 raise
             error = CorralError(f"internal error (request id {ident})")

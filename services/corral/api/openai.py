@@ -43,9 +43,7 @@ _IMAGE_PREFIXES = tuple(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png"
 _BLANK_IMAGE_PREFIX = "data:;base64,"
 
 # How Go prints the type of openai.ToolCall's anonymous "function" field.
-_TOOL_CALL_FUNCTION = (
-    'struct { Name string "json:\\"name\\""; Arguments string "json:\\"arguments\\"" }'
-)
+_TOOL_CALL_FUNCTION = 'struct { Name string "json:\\"name\\""; Arguments string "json:\\"arguments\\"" }'
 
 # reasoning_effort -> native think. Anything else is refused.
 _REASONING: dict[str, bool | str] = {
@@ -64,8 +62,7 @@ def think_for_effort(effort: str) -> bool | str:
     """OpenAI's reasoning effort as Ollama's ``think`` value."""
     if effort not in _REASONING:
         raise BadRequestError(
-            f"invalid reasoning value: '{effort}' "
-            '(must be "high", "medium", "low", "max", or "none")'
+            f'invalid reasoning value: \'{effort}\' (must be "high", "medium", "low", "max", or "none")'
         )
     return _REASONING[effort]
 
@@ -155,8 +152,7 @@ class _Fields:
 
     def _type_error(self, key: str, kind: str, go_type: str) -> BadRequestError:
         return BadRequestError(
-            f"json: cannot unmarshal {kind} into Go struct field "
-            f"{self._struct}.{self._field(key)} of type {go_type}"
+            f"json: cannot unmarshal {kind} into Go struct field {self._struct}.{self._field(key)} of type {go_type}"
         )
 
 
@@ -164,9 +160,7 @@ def _body(body: Any, go_type: str) -> _Fields:
     if body is None:  # Go decodes a JSON null into a zero-value struct
         return _Fields({}, go_type.rpartition(".")[2])
     if not isinstance(body, dict):
-        raise BadRequestError(
-            f"json: cannot unmarshal {json_kind(body)} into Go value of type {go_type}"
-        )
+        raise BadRequestError(f"json: cannot unmarshal {json_kind(body)} into Go value of type {go_type}")
     return _Fields(body, go_type.rpartition(".")[2])
 
 
@@ -344,9 +338,7 @@ def _part_message(role: str, part: Any) -> dict[str, Any]:
 def _image_from_url(url: str) -> str:
     """The base64 payload of a data: URL; remote URLs are refused, never fetched."""
     if url.startswith(("http://", "https://")):
-        raise BadRequestError(
-            "image URLs are not currently supported, please use base64 encoded data instead"
-        )
+        raise BadRequestError("image URLs are not currently supported, please use base64 encoded data instead")
     if url.startswith(_BLANK_IMAGE_PREFIX):  # bare base64, as /api/chat takes it
         payload = url[len(_BLANK_IMAGE_PREFIX) :]
     else:
@@ -622,9 +614,7 @@ def _completion_choice(native: Mapping[str, Any], finish_reason: str | None) -> 
     return choice
 
 
-def completion_response(
-    native: dict[str, Any], *, model: str, id: str, created: int
-) -> dict[str, Any]:
+def completion_response(native: dict[str, Any], *, model: str, id: str, created: int) -> dict[str, Any]:
     """A finished native /api/generate reply as a ``text_completion``."""
     return {
         "id": id,
@@ -688,16 +678,13 @@ def embedding_request(body: Any) -> tuple[dict[str, Any], str]:
 
     if encoding_format and encoding_format.lower() not in ("float", "base64"):
         raise BadRequestError(
-            f"Invalid value for 'encoding_format' = {encoding_format}. "
-            "Supported values: ['float', 'base64']."
+            f"Invalid value for 'encoding_format' = {encoding_format}. Supported values: ['float', 'base64']."
         )
     if data == "":
         data = [""]
     if data is None or data == []:
         raise BadRequestError("invalid input")
-    if not isinstance(data, (str, list)) or (
-        isinstance(data, list) and not all(isinstance(s, str) for s in data)
-    ):
+    if not isinstance(data, (str, list)) or (isinstance(data, list) and not all(isinstance(s, str) for s in data)):
         raise BadRequestError("invalid input type")  # what native /api/embed says
 
     native: dict[str, Any] = {"model": model, "input": data}
@@ -706,9 +693,7 @@ def embedding_request(body: Any) -> tuple[dict[str, Any], str]:
     return native, "base64" if encoding_format.lower() == "base64" else "float"
 
 
-def embedding_response(
-    native: dict[str, Any], *, model: str, encoding_format: str
-) -> dict[str, Any]:
+def embedding_response(native: dict[str, Any], *, model: str, encoding_format: str) -> dict[str, Any]:
     """A native /api/embed reply as an OpenAI embedding list."""
     as_base64 = encoding_format.lower() == "base64"
     data = [

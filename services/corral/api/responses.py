@@ -59,8 +59,7 @@ def responses_request(body: Any) -> dict[str, Any]:
         )
     if req.raw("conversation") is not None:
         raise BadRequestError(
-            "conversation is not supported: this server keeps no response state, "
-            "send the whole conversation in input"
+            "conversation is not supported: this server keeps no response state, send the whole conversation in input"
         )
     truncation = req.string("truncation")
     if truncation not in (None, "disabled"):
@@ -243,9 +242,7 @@ def _output_text(output: Any) -> str:
     if isinstance(output, str):
         return output
     if isinstance(output, list):
-        return "".join(
-            p["text"] for p in output if isinstance(p, dict) and isinstance(p.get("text"), str)
-        )
+        return "".join(p["text"] for p in output if isinstance(p, dict) and isinstance(p.get("text"), str))
     if output is None:
         return ""
     return dumps(output)

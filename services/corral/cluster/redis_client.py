@@ -64,8 +64,14 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         raise ValueError(f"database must be a number, got {path[1]!r}")
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     auth = {k: query[f"sentinel_{k}"] for k in ("username", "password") if f"sentinel_{k}" in query}
-    return SentinelURL(sentinels, path[0], int(path[1]) if len(path) == 2 else 0,
-                       unquote(username) or None, unquote(password) or None, auth)
+    return SentinelURL(
+        sentinels,
+        path[0],
+        int(path[1]) if len(path) == 2 else 0,
+        unquote(username) or None,
+        unquote(password) or None,
+        auth,
+    )
 
 
 def check_redis_url(url: str) -> str:
@@ -98,13 +104,16 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
     return _client(url, options, redis.Redis, Sentinel)
 
 
-def _client(url: str, options: dict[str, Any], plain: Any, sentinel_class: Any) -> Any:  # redis's sync or asyncio classes
+def _client(
+    url: str, options: dict[str, Any], plain: Any, sentinel_class: Any
+) -> Any:  # redis's sync or asyncio classes
     if not is_sentinel(url):
         return plain.from_url(url, **options)
     parsed = parse_sentinel_url(url)
     sentinel = sentinel_class(parsed.sentinels, sentinel_kwargs=_sentinel_kwargs(parsed, options))
-    return sentinel.master_for(parsed.service, db=parsed.db, username=parsed.username, password=parsed.password,
-                               **options)
+    return sentinel.master_for(
+        parsed.service, db=parsed.db, username=parsed.username, password=parsed.password, **options
+    )
 
 
 class MasterFinder:

@@ -135,11 +135,17 @@ async def cluster_workers(request: Request) -> Response:
     out = []
     for worker in workers:
         mine = [p for p in placements if p.worker == worker.id]
-        out.append({
-            "id": worker.id, "url": worker.url, "state": worker.state, "device": worker.device,
-            "memory_total": worker.memory_total, "memory_used": sum(p.size for p in mine),
-            "models": sorted(p.model for p in mine),
-        })
+        out.append(
+            {
+                "id": worker.id,
+                "url": worker.url,
+                "state": worker.state,
+                "device": worker.device,
+                "memory_total": worker.memory_total,
+                "memory_used": sum(p.size for p in mine),
+                "models": sorted(p.model for p in mine),
+            }
+        )
     return json_response({"workers": out})
 
 
@@ -212,10 +218,12 @@ class _RouterApp(FastAPI):
 def create_app(settings: RouterSettings) -> FastAPI:
     metrics = RouterMetrics()
     metrics.start_at_zero(list(FORWARDED))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = async_client(settings.REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0,
-                             health_check_interval=10)
+        redis = async_client(
+            settings.REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
+        )
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=settings.CORRAL_CONNECT_TIMEOUT, read=None, write=60.0, pool=30.0),
             limits=httpx.Limits(max_connections=2048, max_keepalive_connections=256),

@@ -111,7 +111,11 @@ class ClusterUnavailableError(CorralError):
 
 class Dispatcher:
     def __init__(
-        self, settings: RouterSettings, state: ClusterState, store: RegistryStore, http: httpx.AsyncClient,
+        self,
+        settings: RouterSettings,
+        state: ClusterState,
+        store: RegistryStore,
+        http: httpx.AsyncClient,
         metrics: RouterMetrics,
     ) -> None:
         self.settings = settings
@@ -306,7 +310,12 @@ class Dispatcher:
             return False
 
     async def lease(
-        self, client: Downstream, model: str, size: ModelSize, exclude: set[str], keep_alive: float | None,
+        self,
+        client: Downstream,
+        model: str,
+        size: ModelSize,
+        exclude: set[str],
+        keep_alive: float | None,
         affinity: str = "",
     ) -> WorkerInfo:
         """A slot for the request: in Redis, or while Redis is away from the last known placements."""
@@ -318,12 +327,18 @@ class Dispatcher:
         worker = self.offline.lease(model, exclude)
         if worker is None:
             raise ClusterUnavailableError(
-                f"cluster state unavailable: redis is unreachable and {model} is not placed on a known worker")
+                f"cluster state unavailable: redis is unreachable and {model} is not placed on a known worker"
+            )
         self.metrics.placements.labels("offline").inc()
         return worker
 
     async def _lease(
-        self, client: Downstream, model: str, size: ModelSize, exclude: set[str], keep_alive: float | None,
+        self,
+        client: Downstream,
+        model: str,
+        size: ModelSize,
+        exclude: set[str],
+        keep_alive: float | None,
         affinity: str = "",
     ) -> WorkerInfo:
         place: str | None = None  # in the model's queue, once this request waits
@@ -367,8 +382,15 @@ class Dispatcher:
                 await asyncio.shield(self.state.dequeue(model, place))
 
     async def _load(
-        self, model: str, size: ModelSize, ready: list[WorkerInfo], everyone: list[WorkerInfo], exclude: set[str],
-        keep_alive: float | None, *, replica: bool,
+        self,
+        model: str,
+        size: ModelSize,
+        ready: list[WorkerInfo],
+        everyone: list[WorkerInfo],
+        exclude: set[str],
+        keep_alive: float | None,
+        *,
+        replica: bool,
     ) -> WorkerInfo | None:
         token = await self.state.lock(timeout=1.0)
         if token is None:
@@ -412,8 +434,12 @@ class Dispatcher:
                 await self.unload(worker, model)
         except RedisError as exc:
             self.offline.redis_failed(exc)
-            logger.warning("could not release %s on %s (its slot lapses, or is put back when Redis returns): %s",
-                           model, worker.id, exc)
+            logger.warning(
+                "could not release %s on %s (its slot lapses, or is put back when Redis returns): %s",
+                model,
+                worker.id,
+                exc,
+            )
 
     async def unload(self, worker: WorkerInfo, model: str) -> None:
         try:
@@ -444,12 +470,16 @@ class Dispatcher:
             raise ClusterUnavailableError("no workers available")
         try:
             reply = await self.http.post(
-                workers[0].url + path, content=dumps(body).encode(), timeout=60,
+                workers[0].url + path,
+                content=dumps(body).encode(),
+                timeout=60,
                 headers={"content-type": "application/json", MODELS_GENERATION_HEADER: str(self._models_generation)},
             )
         except httpx.HTTPError as exc:
             raise UpstreamError(f"worker {workers[0].id}: {exc}") from exc
-        return Relayed(reply.status_code, {k: v for k, v in reply.headers.items() if k.lower() not in HOP_HEADERS}, reply.content)
+        return Relayed(
+            reply.status_code, {k: v for k, v in reply.headers.items() if k.lower() not in HOP_HEADERS}, reply.content
+        )
 
     async def _unload_everywhere(self, model: str, path: str, body: dict[str, Any]) -> Relayed:
         """``keep_alive: 0`` with nothing to run: unload the model from every worker holding it."""
@@ -483,6 +513,7 @@ class Dispatcher:
         for placement in await self.state.placements([w.id for w in workers]):
             placed[placement.model] = placed.get(placement.model, 0) + 1
         return {"workers": by_state, "placed": placed, "queues": await self.state.queue_depths()}
+
 
 class _Retry(Exception):
     pass

@@ -47,9 +47,13 @@ RAW_SEND = "corral.raw_send"
 # Each forwarded path and the Go type its body decodes into: a body Ollama would refuse is
 # answered here, as a worker would answer it, without taking a slot.
 FORWARDED = {
-    "/api/generate": requests.GENERATE, "/api/chat": requests.CHAT, "/api/embed": requests.EMBED,
-    "/api/embeddings": requests.EMBEDDING, "/v1/chat/completions": requests.CHAT_COMPLETION,
-    "/v1/completions": requests.COMPLETION, "/v1/embeddings": requests.OPENAI_EMBED,
+    "/api/generate": requests.GENERATE,
+    "/api/chat": requests.CHAT,
+    "/api/embed": requests.EMBED,
+    "/api/embeddings": requests.EMBEDDING,
+    "/v1/chat/completions": requests.CHAT_COMPLETION,
+    "/v1/completions": requests.COMPLETION,
+    "/v1/embeddings": requests.OPENAI_EMBED,
     "/v1/responses": requests.RESPONSES,
 }
 

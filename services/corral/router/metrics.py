@@ -37,7 +37,9 @@ class RouterMetrics:
         self.ttfb = Histogram(
             "corral_router_time_to_first_token_seconds",
             "From request arrival to the first byte of the worker's answer (the first token of a stream)",
-            ["route"], buckets=_TTFB_BUCKETS, registry=r,
+            ["route"],
+            buckets=_TTFB_BUCKETS,
+            registry=r,
         )
         self.rejections = Counter(
             "corral_router_rejections_total", "Requests refused (queue_full, no_workers, redis)", ["reason"], registry=r
@@ -46,16 +48,20 @@ class RouterMetrics:
             "corral_router_loads_total", "Models placed on a worker to load (first, replica)", ["kind"], registry=r
         )
         self.evictions = Counter(
-            "corral_router_evictions_total", "Models unloaded (lru, keep_alive, request, worker_lost)", ["reason"],
+            "corral_router_evictions_total",
+            "Models unloaded (lru, keep_alive, request, worker_lost)",
+            ["reason"],
             registry=r,
         )
         self.placements = Counter(
             "corral_router_placements_total",
             "Requests given a slot (resident, loaded; offline: from the last known placements while Redis was away)",
-            ["kind"], registry=r
+            ["kind"],
+            registry=r,
         )
         self.retries = Counter(
-            "corral_router_retries_total", "Requests placed again after a worker failed before the first byte",
+            "corral_router_retries_total",
+            "Requests placed again after a worker failed before the first byte",
             registry=r,
         )
 
@@ -95,8 +101,9 @@ class _ClusterGauges:
         self.cluster = cluster
 
     def collect(self):
-        queue = GaugeMetricFamily("corral_router_queue_depth", "Requests waiting for a model, cluster-wide",
-                                  labels=["model"])
+        queue = GaugeMetricFamily(
+            "corral_router_queue_depth", "Requests waiting for a model, cluster-wide", labels=["model"]
+        )
         queues = self.cluster.get("queues", {})
         for model, depth in queues.items():
             queue.add_metric([model], depth)
@@ -112,5 +119,8 @@ class _ClusterGauges:
         for model, count in self.cluster.get("placed", {}).items():
             placed.add_metric([model], count)
         yield placed
-        yield GaugeMetricFamily("corral_router_redis_up", "1 when Redis answered this scrape",
-                                value=1 if self.cluster.get("redis_up", True) else 0)
+        yield GaugeMetricFamily(
+            "corral_router_redis_up",
+            "1 when Redis answered this scrape",
+            value=1 if self.cluster.get("redis_up", True) else 0,
+        )

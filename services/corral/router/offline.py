@@ -66,8 +66,11 @@ class OfflineLeases:
     def redis_failed(self, error: Exception) -> None:
         if self.since is None:
             self.since = time.monotonic()
-            logger.warning("redis unavailable (%s): serving placed models from the last known placements (%.1f s old)",
-                           error, self.since - self.known.at if self.known.at else float("inf"))
+            logger.warning(
+                "redis unavailable (%s): serving placed models from the last known placements (%.1f s old)",
+                error,
+                self.since - self.known.at if self.known.at else float("inf"),
+            )
 
     def rejoining(self) -> bool:
         """Within the grace after an outage, when lapsed workers are not dropped yet."""
@@ -86,8 +89,9 @@ class OfflineLeases:
     def lease(self, model: str, exclude: set[str]) -> WorkerInfo | None:
         """A slot on a replica of ``model`` the record knows, or None (placed nowhere known)."""
         holders = {p.worker for p in self.known.placements if p.model == model}
-        candidates = [w for w in self.known.workers
-                      if w.id in holders and w.id not in exclude and w.state == STATE_READY]
+        candidates = [
+            w for w in self.known.workers if w.id in holders and w.id not in exclude and w.state == STATE_READY
+        ]
         if not candidates:
             return None
         chosen = min(candidates, key=lambda w: self._running.get((w.id, model), 0))
@@ -110,8 +114,12 @@ class OfflineLeases:
     async def reconcile(self, state: ClusterState) -> None:
         """Hand what happened meanwhile to Redis: running slots, then last uses and expiries."""
         if self.since is not None:
-            logger.info("redis is back after %.1f s: reconciling %d running and %d used placements",
-                        time.monotonic() - self.since, sum(self._running.values()), len(self._used))
+            logger.info(
+                "redis is back after %.1f s: reconciling %d running and %d used placements",
+                time.monotonic() - self.since,
+                sum(self._running.values()),
+                len(self._used),
+            )
             self.since = None
             self.back_at = time.monotonic()
         # Slots whose release failed are given back; slots this router held in Redis before the

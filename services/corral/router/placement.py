@@ -53,8 +53,10 @@ def plan_load(
     for placement in placements:
         by_worker.setdefault(placement.worker, []).append(placement)
     candidates = [
-        w for w in workers
-        if w.state == STATE_READY and w.id not in exclude
+        w
+        for w in workers
+        if w.state == STATE_READY
+        and w.id not in exclude
         and all(p.model != model for p in by_worker.get(w.id, []))
         and (not w.memory_total or size_on(w) <= w.memory_total)
     ]

@@ -353,8 +353,10 @@ class ClusterState:
         now = now_ms()
         record = json.dumps({"size": size, "since": now, "expires_at": expires_at})
         slot = self._take(worker, model)
-        await self._place(keys=[placed_key(worker), inflight_key(worker), used_key(worker), SLOTS],
-                          args=[model, record, now, now + SLOT_LEASE_MS, slot])
+        await self._place(
+            keys=[placed_key(worker), inflight_key(worker), used_key(worker), SLOTS],
+            args=[model, record, now, now + SLOT_LEASE_MS, slot],
+        )
 
     async def release(self, worker: str, model: str, expires_at: int) -> int:
         """Give the slot back; returns how many requests still run on that placement. A slot
@@ -414,7 +416,7 @@ class ClusterState:
         now = now_ms()
         async for key in self.redis.scan_iter(match=QUEUE_PREFIX + "*", count=500):
             name = key.decode() if isinstance(key, bytes) else key
-            depths[name[len(QUEUE_PREFIX):]] = int(await self.redis.zcount(key, f"({now}", "+inf"))
+            depths[name[len(QUEUE_PREFIX) :]] = int(await self.redis.zcount(key, f"({now}", "+inf"))
         return depths
 
     # -- the model store's generation
@@ -454,7 +456,7 @@ class ClusterState:
             replies = await pipe.execute()
         out = []
         for i, worker in enumerate(workers):
-            placed, inflight, used = replies[3 * i: 3 * i + 3]
+            placed, inflight, used = replies[3 * i : 3 * i + 3]
             for model, raw in placed.items():
                 model = _text(model)
                 try:
@@ -463,9 +465,13 @@ class ClusterState:
                     continue
                 out.append(
                     Placement(
-                        worker=worker, model=model, size=int(record.get("size", 0)),
-                        since=int(record.get("since", 0)), expires_at=int(record.get("expires_at", NEVER)),
-                        in_flight=int(_get(inflight, model) or 0), last_used=int(_get(used, model) or 0),
+                        worker=worker,
+                        model=model,
+                        size=int(record.get("size", 0)),
+                        since=int(record.get("since", 0)),
+                        expires_at=int(record.get("expires_at", NEVER)),
+                        in_flight=int(_get(inflight, model) or 0),
+                        last_used=int(_get(used, model) or 0),
                     )
                 )
         return out
@@ -477,4 +483,3 @@ def _get(mapping: dict, key: str) -> Any:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-

@@ -336,7 +336,13 @@ class Upstream:
         return pool
 
     async def post(
-        self, base_url: str, path: str, body: bytes, headers: list[tuple[str, str]], *, first_byte_timeout: float,
+        self,
+        base_url: str,
+        path: str,
+        body: bytes,
+        headers: list[tuple[str, str]],
+        *,
+        first_byte_timeout: float,
         owner: Any = None,
     ) -> Reply:
         """POST ``body`` and wait for the answer's head (status and headers). ``owner.reply`` is

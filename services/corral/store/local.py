@@ -241,7 +241,6 @@ class LocalStore(ModelStore):
         return removed
 
 
-
 # --- helpers ---------------------------------------------------------------------------------
 
 
@@ -282,6 +281,3 @@ def _write_hashed(f: Any, hasher: Any, data: bytes, *, sync: bool = False) -> No
     if sync:
         f.flush()
         os.fsync(f.fileno())
-
-
-

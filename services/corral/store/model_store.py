@@ -60,7 +60,6 @@ logger = logging.getLogger(__name__)
 _DAMAGED = (OSError, ValueError, TypeError, AttributeError, BadRequestError)
 
 
-
 # Uploads are hashed and written in slices this big, off the event loop.
 _WRITE_SLICE = 4 << 20
 
@@ -313,5 +312,3 @@ def _parse_or(text: Any, message: str) -> ModelName:
         return ModelName.parse(text)
     except InvalidNameError:
         raise BadRequestError(message) from None
-
-

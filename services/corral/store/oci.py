@@ -243,7 +243,8 @@ class RegistryStore(ModelStore):
         data = self._manifest_bytes(path, tag)
         # Deleting by digest removes every tag on it: note the others to put them back.
         siblings = [
-            other for other in self.client.list_tags(repo)
+            other
+            for other in self.client.list_tags(repo)
             if other != tag and self.client.head_manifest(repo, other) == digest
         ]
         self.client.delete_manifest(repo, digest)

@@ -169,8 +169,13 @@ async def push_model(
         key = f"push {repo.base}/{repo.path} {layer.digest}"
 
         def work(transfer: Transfer, layer: Layer = layer, source: Source = source) -> None:
-            copy_blob(source, RegistryUpload(client, repo, layer.digest, layer.size), layer.size,
-                      transfer.add, transfer.cancelled)
+            copy_blob(
+                source,
+                RegistryUpload(client, repo, layer.digest, layer.size),
+                layer.size,
+                transfer.add,
+                transfer.cancelled,
+            )
 
         transfer = registries.transfers.join(key, layer.size, work)
         async for line in follow(registries.transfers, transfer, status, layer):

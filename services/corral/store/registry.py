@@ -357,8 +357,11 @@ class RegistryClient:
         session.confirmed = None
         try:
             conn.putrequest("PATCH", self._target(conn, urlsplit(url)), skip_accept_encoding=True)
-            headers = {"User-Agent": self.user_agent, "Content-Type": "application/octet-stream",
-                       "Transfer-Encoding": "chunked"}
+            headers = {
+                "User-Agent": self.user_agent,
+                "Content-Type": "application/octet-stream",
+                "Transfer-Encoding": "chunked",
+            }
             auth = self._auth_header(repo, "push")
             if auth:
                 headers["Authorization"] = auth
@@ -571,9 +574,7 @@ class _OllamaKey:
             return None
         try:
             key = serialization.load_ssh_private_key(data, password=None)
-            public = key.public_key().public_bytes(
-                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-            )
+            public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         except (ValueError, TypeError, AttributeError) as exc:
             logger.warning("cannot use %s to sign registry requests: %s", path, exc)
             return None

@@ -42,6 +42,7 @@ def get_models(request: Request) -> Models:
 ModelsDep = Annotated[Models, Depends(get_models)]
 router = APIRouter()
 
+
 @router.get("/v1/models")
 async def openai_models(state: ModelsDep) -> Response:
     return json_response(openai.model_list(await state.store.tags()))

@@ -63,9 +63,7 @@ def show_response(
     response["details"] = details
     if record.messages:
         response["messages"] = [
-            {"role": m.get("role", ""), "content": m.get("content", "")}
-            for m in record.messages
-            if isinstance(m, dict)
+            {"role": m.get("role", ""), "content": m.get("content", "")} for m in record.messages if isinstance(m, dict)
         ]
     response["model_info"] = _model_info(info, verbose) if info else {}
     if record.projector_digests:
@@ -80,6 +78,7 @@ def show_response(
         response["requires"] = record.config["requires"]
     return response
 
+
 def _gguf_for(store: ModelStore, hex_digest: str | None) -> GGUFInfo | None:
     if hex_digest is None:
         return None
@@ -87,6 +86,7 @@ def _gguf_for(store: ModelStore, hex_digest: str | None) -> GGUFInfo | None:
         return store.blob_gguf(hex_digest)
     except (OSError, GGUFError) as exc:
         raise CorralError(f"cannot read model file sha256-{hex_digest}: {exc}") from exc
+
 
 def capabilities_for(store: ModelStore, record: ModelRecord, info: GGUFInfo | None) -> list[str]:
     if store._capabilities is not None:
@@ -105,5 +105,3 @@ def _model_info(info: GGUFInfo, verbose: bool) -> dict:
             value = None
         out[key] = value
     return out
-
-

@@ -377,4 +377,3 @@ class Transfers:
 
     def active(self) -> int:
         return len(self._active)
-

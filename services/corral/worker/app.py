@@ -67,16 +67,21 @@ def make_loader(settings: WorkerSettings, inspector: ModelInspector, metrics: Wo
             started = time.perf_counter()
             llama = LlamaModel(record.model_path, options)
             try:
-                engine = Engine(llama, options, threads=options.num_thread or settings.num_threads,
-                                on_step=_step_observer(metrics, record.name.display))
+                engine = Engine(
+                    llama,
+                    options,
+                    threads=options.num_thread or settings.num_threads,
+                    on_step=_step_observer(metrics, record.name.display),
+                )
             except Exception:
                 llama.close()
                 raise
             metrics.load_seconds.observe(time.perf_counter() - started)
             size = inspector.memory_estimate(record, num_ctx=options.num_ctx, n_parallel=options.n_parallel)
             vram = vram_bytes(size, options.num_gpu, llama.n_layer) if gpu else 0
-            return Loaded(engine=engine, size=size, context_length=options.num_ctx, close=engine.close,
-                          extra={"size_vram": vram})
+            return Loaded(
+                engine=engine, size=size, context_length=options.num_ctx, close=engine.close, extra={"size_vram": vram}
+            )
 
         return await asyncio.to_thread(build)
 
@@ -91,8 +96,11 @@ def cluster_stores(settings: WorkerSettings, local: LocalStore, registries: Regi
     # With the cluster's Redis, model times are the cluster's (the same through every router).
     times = RedisModelTimes(settings.REDIS_URL) if settings.REDIS_URL else None
     cluster = RegistryStore(
-        settings.CORRAL_REGISTRY_URL, client=registries.client, spool_dir=settings.OLLAMA_MODELS / ".spool",
-        capabilities=inspector.capabilities, times=times,
+        settings.CORRAL_REGISTRY_URL,
+        client=registries.client,
+        spool_dir=settings.OLLAMA_MODELS / ".spool",
+        capabilities=inspector.capabilities,
+        times=times,
     )
 
     def in_use() -> set[str]:
@@ -129,8 +137,9 @@ def create_app(settings: WorkerSettings) -> FastAPI:
     metrics = WorkerMetrics()
     registration = Registration(settings) if settings.REDIS_URL else None
     # The device and the memory offered for models, as the cluster is told (detected once).
-    device, memory = (registration.info.device, registration.info.memory_total) if registration \
-        else device_and_memory(settings)
+    device, memory = (
+        (registration.info.device, registration.info.memory_total) if registration else device_and_memory(settings)
+    )
     metrics.memory_bytes.set(memory)
 
     @asynccontextmanager
@@ -140,7 +149,9 @@ def create_app(settings: WorkerSettings) -> FastAPI:
         inspector = ModelInspector(gguf)
         registries = Registries(RegistryClient(), mirrors=settings.registry_mirrors)
         local = LocalStore(
-            settings.OLLAMA_MODELS, gguf_cache=gguf, capabilities=inspector.capabilities,
+            settings.OLLAMA_MODELS,
+            gguf_cache=gguf,
+            capabilities=inspector.capabilities,
             noprune=settings.OLLAMA_NOPRUNE or bool(settings.CORRAL_REGISTRY_URL),
         )
         scheduler = Scheduler(

@@ -297,8 +297,9 @@ StepHook = Callable[[float, "float | None"], None]
 
 
 class Engine:
-    def __init__(self, model: LlamaModel, options: LoadOptions, *, threads: int,
-                 on_step: StepHook | None = None) -> None:
+    def __init__(
+        self, model: LlamaModel, options: LoadOptions, *, threads: int, on_step: StepHook | None = None
+    ) -> None:
         self.model = model
         self.options = options
         self.threads = threads
@@ -511,8 +512,11 @@ class Engine:
             s.repeat_penalty != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0
         ):
             last_n = self.n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
-            add(lc.llama_sampler_init_penalties(
-                self.model.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty))
+            add(
+                lc.llama_sampler_init_penalties(
+                    self.model.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+                )
+            )
         if s.temperature <= 0:
             add(lc.llama_sampler_init_greedy())
             return chain

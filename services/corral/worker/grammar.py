@@ -60,8 +60,12 @@ def _check_schema(schema: dict) -> None:
             raise refuse(f"nested deeper than {MAX_SCHEMA_DEPTH}")
         if isinstance(node, dict):
             for key, value in node.items():
-                if key in _COUNTS and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                        and value > MAX_REPEAT:
+                if (
+                    key in _COUNTS
+                    and isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and value > MAX_REPEAT
+                ):
                     raise refuse(f"{key} {value} is over {MAX_REPEAT}")
                 if key == "pattern" and isinstance(value, str):
                     for low, high in _QUANTIFIER.findall(value):

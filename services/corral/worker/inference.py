@@ -64,8 +64,9 @@ class Model:
 
 
 class Inference:
-    def __init__(self, *, store: Any, scheduler: Scheduler, settings: WorkerSettings, metrics: WorkerMetrics,
-                 inspector: Any) -> None:
+    def __init__(
+        self, *, store: Any, scheduler: Scheduler, settings: WorkerSettings, metrics: WorkerMetrics, inspector: Any
+    ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.settings = settings
@@ -105,8 +106,9 @@ class Inference:
         if model.context_length and num_ctx > model.context_length:
             # As Ollama does: a context beyond what the model was trained for is clamped (a
             # num_ctx of a billion would otherwise allocate a KV cache for it).
-            logger.warning("requested context size too large for model: num_ctx=%d n_ctx_train=%d",
-                           num_ctx, model.context_length)
+            logger.warning(
+                "requested context size too large for model: num_ctx=%d n_ctx_train=%d", num_ctx, model.context_length
+            )
             num_ctx = model.context_length
         return eng.LoadOptions(
             num_ctx=num_ctx,
@@ -148,8 +150,10 @@ class Inference:
             raise BadRequestError('think must be a boolean or string ("high", "medium", "low", "max", true, or false)')
         if value in _THINK_LEVELS:
             return True
-        raise BadRequestError(f'invalid think value: {json.dumps(value, ensure_ascii=False)} '
-                              '(must be "high", "medium", "low", "max", true, or false)')
+        raise BadRequestError(
+            f"invalid think value: {json.dumps(value, ensure_ascii=False)} "
+            '(must be "high", "medium", "low", "max", true, or false)'
+        )
 
     @staticmethod
     def _check_think(model: Model, name: str, think: bool | None) -> bool | None:
@@ -199,8 +203,10 @@ class Inference:
         think = self._check_think(model, name, think)
         suffix = body.get("suffix") or ""
         if suffix and "insert" not in model.capabilities:
-            raise CapabilityError(f"{model.record.name.host}/{model.record.name.namespace}/"
-                                  f"{model.record.name.model}:{model.record.name.tag} does not support insert")
+            raise CapabilityError(
+                f"{model.record.name.host}/{model.record.name.namespace}/"
+                f"{model.record.name.model}:{model.record.name.tag} does not support insert"
+            )
         images = self._check_images(body.get("images"))
         if images and "vision" not in model.capabilities:
             raise CapabilityError(f'"{name}" does not support vision')
@@ -240,15 +246,25 @@ class Inference:
             tokens = prefix + await _off_loop(len(text), llama.tokenize, text, add_special=not prefix)
             sampling = self._sampling(options, grammar)
             async for chunk in self._run(
-                lease, name, tokens, sampling, options, body, started, kind="generate", tools=None, raw=raw,
+                lease,
+                name,
+                tokens,
+                sampling,
+                options,
+                body,
+                started,
+                kind="generate",
+                tools=None,
+                raw=raw,
                 thinking_opened=_opens_thinking(text) if think and not raw else None,
             ):
                 yield chunk
         finally:
             lease.release()
 
-    def _generate_text(self, model: Model, template: ChatTemplate, prompt: str, system: str | None, suffix: str,
-                       think: bool | None) -> str:
+    def _generate_text(
+        self, model: Model, template: ChatTemplate, prompt: str, system: str | None, suffix: str, think: bool | None
+    ) -> str:
         messages = list(model.record.messages or [])
         if messages and template.go is not None and "Messages" in template.variables and not suffix:
             history = ([{"role": "system", "content": system}] if system else []) + messages
@@ -299,12 +315,28 @@ class Inference:
             llama = lease.runner.engine.model
             size = sum(len(m.get("content") or "") for m in history)
             tokens = await _off_loop(
-                size, self._fit_chat, llama, model.template, history, tools, think,
-                limit=load.num_ctx - 1, truncate=body.get("truncate", True) is not False,
+                size,
+                self._fit_chat,
+                llama,
+                model.template,
+                history,
+                tools,
+                think,
+                limit=load.num_ctx - 1,
+                truncate=body.get("truncate", True) is not False,
             )
             sampling = self._sampling(options, grammar)
             async for chunk in self._run(
-                lease, name, tokens, sampling, options, body, started, kind="chat", tools=tools, raw=False,
+                lease,
+                name,
+                tokens,
+                sampling,
+                options,
+                body,
+                started,
+                kind="chat",
+                tools=tools,
+                raw=False,
                 thinking_opened=_opens_thinking(llama.detokenize(tokens[-8:])) if think else None,
             ):
                 yield chunk
@@ -312,13 +344,22 @@ class Inference:
             lease.release()
 
     @staticmethod
-    def _fit_chat(llama: Any, template: ChatTemplate, history: list[dict], tools: list[dict] | None,
-                  think: bool | None, *, limit: int, truncate: bool) -> list[int]:
+    def _fit_chat(
+        llama: Any,
+        template: ChatTemplate,
+        history: list[dict],
+        tools: list[dict] | None,
+        think: bool | None,
+        *,
+        limit: int,
+        truncate: bool,
+    ) -> list[int]:
         """Ollama's chat truncation: drop the oldest non-system messages until the prompt fits.
 
         System messages and the latest message always stay; fewer messages never render
         longer, so the number to drop is found by bisection.
         """
+
         def render(drop: int) -> list[int]:
             dropped = set(droppable[:drop])
             kept = [m for i, m in enumerate(history) if i not in dropped]
@@ -354,11 +395,15 @@ class Inference:
             role = m.get("role", "")
             content = m.get("content", "")
             if not isinstance(role, str):
-                raise BadRequestError("json: cannot unmarshal number into Go struct field Message.messages.role of type string")
+                raise BadRequestError(
+                    "json: cannot unmarshal number into Go struct field Message.messages.role of type string"
+                )
             if content is None:
                 content = ""
             if not isinstance(content, str):
-                raise BadRequestError("json: cannot unmarshal value into Go struct field Message.messages.content of type string")
+                raise BadRequestError(
+                    "json: cannot unmarshal value into Go struct field Message.messages.content of type string"
+                )
             msg = dict(m)
             msg["role"] = role.lower()
             msg["content"] = content
@@ -386,10 +431,14 @@ class Inference:
 
     def _debug_render(self, name: str, text: str, images: int, empty: dict[str, Any]) -> dict[str, Any]:
         """Ollama's ``_debug_render_only``: the prompt the model would see, nothing run."""
-        return self._base(name) | empty | {
-            "done": False,
-            "_debug_info": {"rendered_template": text, "image_count": images},
-        }
+        return (
+            self._base(name)
+            | empty
+            | {
+                "done": False,
+                "_debug_info": {"rendered_template": text, "image_count": images},
+            }
+        )
 
     @staticmethod
     def _base(name: str) -> dict[str, Any]:
@@ -574,7 +623,9 @@ class Inference:
         if len(inputs) > self.settings.CORRAL_MAX_INPUTS:
             raise BadRequestError(f"too many inputs: {len(inputs)} (at most {self.settings.CORRAL_MAX_INPUTS})")
         dimensions = body.get("dimensions")
-        if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 0):
+        if dimensions is not None and (
+            not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 0
+        ):
             raise BadRequestError("dimensions must be a positive integer")
         options = self._options(model, body.get("options"))
         keep_alive = parse_keep_alive(body.get("keep_alive"))

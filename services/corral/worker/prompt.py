@@ -317,4 +317,3 @@ def _as_call(item: Any, tool_names: set[str]) -> dict | None:
     if tool_names and name not in tool_names:
         return None
     return {"id": new_tool_call_id(), "function": {"index": 0, "name": name, "arguments": args}}
-

@@ -115,8 +115,11 @@ def cgroup_memory_limit(proc_cgroup: Path, root: Path) -> int | None:
     In a container the cgroup namespace usually makes its own cgroup the root (``0::/``);
     without one, /proc/self/cgroup names the host's path, which is walked up to the root.
     """
-    limits = [int(value) for value in _cgroup_files(proc_cgroup, root, "memory.max", "memory", ["memory.limit_in_bytes"])
-              if value.isdigit()]  # v2 says "max" for no limit
+    limits = [
+        int(value)
+        for value in _cgroup_files(proc_cgroup, root, "memory.max", "memory", ["memory.limit_in_bytes"])
+        if value.isdigit()
+    ]  # v2 says "max" for no limit
     return min(limits, default=None)
 
 
@@ -228,7 +231,9 @@ class Registration:
         except (RedisError, OSError) as error:
             logger.warning(
                 "could not deregister %s (%s): its lease lapses within %d s",
-                self.info.id, error, workers.LEASE_MS // 1000,
+                self.info.id,
+                error,
+                workers.LEASE_MS // 1000,
             )
         finally:
             await self._redis.aclose()
@@ -249,17 +254,23 @@ class Registration:
             if not self._down:
                 logger.warning(
                     "Redis at %s unreachable (%s): serving local requests, retrying every %g s",
-                    _without_password(self.redis_url), error, workers.HEARTBEAT_S,
+                    _without_password(self.redis_url),
+                    error,
+                    workers.HEARTBEAT_S,
                 )
             self._down = True
             return
         info = self.info
         if not self._registered:
             logger.info(
-                "registered in the cluster as %s at %s (%s, %.1f GiB for models, %d parallel, "
-                "%d models, labels %s)",
-                info.id, info.url, info.device, info.memory_total / 2**30, info.num_parallel,
-                info.max_loaded, info.labels or "none",
+                "registered in the cluster as %s at %s (%s, %.1f GiB for models, %d parallel, %d models, labels %s)",
+                info.id,
+                info.url,
+                info.device,
+                info.memory_total / 2**30,
+                info.num_parallel,
+                info.max_loaded,
+                info.labels or "none",
             )
         elif self._down:
             logger.info("Redis reachable again: %s registered", info.id)

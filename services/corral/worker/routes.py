@@ -38,6 +38,7 @@ def get_state(request: Request) -> WorkerState:
 StateDep = Annotated[WorkerState, Depends(get_state)]
 router = APIRouter()
 
+
 async def _collect(chunks: AsyncIterator[dict[str, Any]], kind: str) -> dict[str, Any]:
     """A whole native stream folded into the one object ``stream: false`` returns."""
     text: list[str] = []
@@ -144,8 +145,12 @@ _CHAT_COMPLETIONS = _OpenAIFlavour(
     requests.CHAT_COMPLETION, openai.chat_request, openai.new_chat_id, "chat", openai.chat_response, openai.ChatStream
 )
 _COMPLETIONS = _OpenAIFlavour(
-    requests.COMPLETION, openai.completion_request, openai.new_completion_id, "generate",
-    openai.completion_response, openai.CompletionStream,
+    requests.COMPLETION,
+    openai.completion_request,
+    openai.new_completion_id,
+    "generate",
+    openai.completion_response,
+    openai.CompletionStream,
 )
 
 

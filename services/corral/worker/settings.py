@@ -18,6 +18,7 @@ from corral.store.registry import parse_registry_url
 _WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 
+
 def parse_labels(text: str) -> dict[str, str]:
     """``CORRAL_WORKER_LABELS``: ``key=value[,key=value...]``; a value may be empty."""
     labels: dict[str, str] = {}
@@ -92,7 +93,9 @@ class WorkerSettings(CommonSettings):
         None, description="llama.cpp flash attention; unset: llama.cpp's auto (on where the backend supports it)"
     )
     OLLAMA_KV_CACHE_TYPE: str = Field("f16", pattern=r"^(f16|q8_0|q4_0)$")
-    CORRAL_NUM_THREADS: int = Field(0, ge=0, description="llama.cpp threads; 0 means every usable core (within the cgroup's CPU quota)")
+    CORRAL_NUM_THREADS: int = Field(
+        0, ge=0, description="llama.cpp threads; 0 means every usable core (within the cgroup's CPU quota)"
+    )
     CORRAL_REGISTRY_URL: str = Field(
         "", description="the cluster's model registry; set, OLLAMA_MODELS becomes a cache of it"
     )
