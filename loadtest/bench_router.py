@@ -9,7 +9,7 @@ In one run, on this machine (redis-server, docker-registry, nginx and wrk from D
 
 1. **Added latency.** Redis, a registry, ONE real ``corral worker`` (CORRAL_NUM_THREADS=1,
    OLLAMA_NUM_PARALLEL=64), one ``corral router`` and nginx in front (configured from
-   ``deploy/nginx/corral-up.conf`` + ``corral-proxy.conf`` as ``corral up`` does). The test
+   ``services/corral/nginx/corral-up.conf`` + ``corral-proxy.conf`` as ``corral up`` does). The test
    model is imported through the endpoint (``/api/blobs`` + ``/api/create``); the worker's URL
    comes from ``GET /api/cluster/workers``. Then batches of 64 concurrent streaming
    ``/api/generate`` requests go alternately straight to the worker and through nginx, from an
@@ -85,7 +85,7 @@ REDIS_BINARY = "/usr/bin/redis-server"
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 NGINX_BINARY = "/usr/sbin/nginx"
 WRK_BINARY = "/usr/bin/wrk"
-NGINX_DIR = ROOT / "deploy" / "nginx"
+NGINX_DIR = ROOT / "services" / "corral" / "nginx"  
 FAKE_WORKER = ROOT / "loadtest" / "fake_worker.py"
 
 # Targets from the router issue.
@@ -1112,7 +1112,7 @@ def build_report(args, meta: dict, batches: list[Batch], wrk_runs: list[WrkRun],
                    f"(CORRAL_NUM_THREADS=1, OLLAMA_NUM_PARALLEL={meta.get('parallel')}, OLLAMA_KEEP_ALIVE=-1, "
                    f"OLLAMA_CONTEXT_LENGTH={NUM_CTX}), one `{meta.get('router_cmd', 'corral router')}` "
                    f"(CORRAL_ROUTER_PROCESSES=1) and nginx {meta.get('nginx', '')} configured from "
-                   f"`deploy/nginx/corral-up.conf` + `corral-proxy.conf`. Model `{meta.get('model')}` "
+                   f"`services/corral/nginx/corral-up.conf` + `corral-proxy.conf`. Model `{meta.get('model')}` "
                    f"({meta.get('model_mb', 0):.0f} MB) imported through nginx (`/api/blobs` + `/api/create`); worker "
                    f"URL from `GET /api/cluster/workers`. Each batch: {args.streams} concurrent streaming "
                    f"`/api/generate` requests (raw prompt \"{PROMPT}\", {s0.prompt_eval_count} prompt tokens, "

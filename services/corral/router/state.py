@@ -2,7 +2,7 @@
 
 Keys (besides the worker registry of ``corral.cluster.workers``):
 
-    corral:placed:<worker>     HASH  model -> JSON {"size", "since", "expires_at", "keep_alive"}
+    corral:placed:<worker>     HASH  model -> JSON {"size", "since", "expires_at"}
     corral:inflight:<worker>   HASH  model -> requests running there now
     corral:slots               ZSET  "<worker> <model> <token>" -> lease expiry (ms): one per running
                                      request, renewed by its router; a lapsed one is given back
