@@ -600,8 +600,8 @@ KEY_FRAMES = [
      "serve the inference routes from an ASGI app in front of FastAPI altogether (its outer layers — telemetry, "
      "body limit, server errors — run for every request)"),
     ("— the inference endpoint (`ForwardEndpoint`: read, place, forward, relay)", _ENDPOINT, [], ""),
-    ("—— reading and parsing the body (`_read_body`, `parse_json_body`)",
-     ["corral/router/forward.py:_read_body", "corral/api/http.py:parse_json_body"], [],
+    ("—— reading and parsing the body (`_read_body`, `decode_json`)",
+     ["corral/router/forward.py:_read_body", "corral/api/http.py:decode_json"], [],
      "the worker validates the body again: the router only needs `model` and `keep_alive`"),
     ("—— model lookup (`Dispatcher.model_size`: a per-name cache, then the registry store)",
      ["corral/router/dispatch.py:Dispatcher.model_size"], [], ""),
@@ -629,7 +629,7 @@ KEY_FRAMES = [
     ("any anyio frame (task groups, streams, cancel scopes)", ["anyio/"], [], ""),
     ("any logging", ["logging/"], [], ""),
     ("Prometheus metrics", ["prometheus_client/"], [], "cache the labelled children per route"),
-    ("the reaper (background, every second)", ["corral/router/app.py:_reap_forever"], [], ""),
+    ("the reaper (background, every second)", ["corral/router/reaper.py:Reaper.run"], [], ""),
 ]
 
 
