@@ -85,7 +85,7 @@ REDIS_BINARY = "/usr/bin/redis-server"
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 NGINX_BINARY = "/usr/sbin/nginx"
 WRK_BINARY = "/usr/bin/wrk"
-NGINX_DIR = ROOT / "services" / "corral" / "nginx"  
+NGINX_DIR = ROOT / "services" / "corral" / "nginx"  # the configuration corral up ships
 FAKE_WORKER = ROOT / "loadtest" / "fake_worker.py"
 
 # Targets from the router issue.

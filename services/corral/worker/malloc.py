@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import ctypes
 import os
+from typing import Any
 
 _M_ARENA_MAX = -8  # mallopt's parameter
 ARENAS = 2
 
+_mallopt: Any = None
+_malloc_trim: Any = None
 try:
     _libc = ctypes.CDLL(None)
     _mallopt, _malloc_trim = _libc.mallopt, _libc.malloc_trim
 except (OSError, AttributeError):  # pragma: no cover - not glibc
-    _mallopt = _malloc_trim = None
+    pass
 
 
 def limit_arenas() -> None:
