@@ -1,5 +1,6 @@
 """The GGUF header reader, against synthetic files and the real test model."""
 
+import os
 import struct
 import time
 from pathlib import Path
