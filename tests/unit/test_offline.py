@@ -106,3 +106,25 @@ def test_slots_that_lapsed_during_an_outage_are_put_back(redis_server):
         await redis.aclose()
 
     asyncio.run(main())
+
+
+def test_a_request_that_ends_while_its_slot_is_put_back_leaves_none(redis_server):
+    # Two requests' slots lapsed during an outage; one request ends while they are being put
+    # back (its release finds no slot to give back). Only the one still running may count:
+    # an orphan slot would make the model look busy until its lease ran out (a needless replica).
+    async def main() -> None:
+        redis = aioredis.from_url(redis_server.url)
+        state = ClusterState(redis)
+        await placed(state, W1, "m")
+        assert await state.acquire("m", [W1]) == "w1" and await state.acquire("m", [W1]) == "w1"
+        for slot in next(iter(state._held.values())):
+            await redis.zadd(SLOTS, {slot: 0}, xx=True)
+        assert await state.reap_slots() == 2
+        restored, remaining = await asyncio.gather(state.restore_held(), state.release("w1", "m", now_ms()))
+        assert restored == 1 and remaining == 1  # the other request still runs
+        assert int(await redis.hget(inflight_key("w1"), "m")) == 1 and await redis.zcard(SLOTS) == 1
+        assert await state.release("w1", "m", now_ms()) == 0  # the last one gives back the last slot
+        assert await redis.hget(inflight_key("w1"), "m") is None and await redis.zcard(SLOTS) == 0
+        await redis.aclose()
+
+    asyncio.run(main())

@@ -325,7 +325,14 @@ class ClusterState:
         for (worker, model), slots in list(self._held.items()):
             keys = [placed_key(worker), inflight_key(worker), SLOTS]
             for slot in list(slots):
-                restored += int(await self._adopt(keys=keys, args=[model, now_ms() + SLOT_LEASE_MS, slot]))
+                if slot not in self._held.get((worker, model), ()):
+                    continue  # its request ended since (its release found no slot to give back)
+                if not int(await self._adopt(keys=keys, args=[model, now_ms() + SLOT_LEASE_MS, slot])):
+                    continue
+                if slot in self._held.get((worker, model), ()):
+                    restored += 1
+                else:  # the request ended while the slot was put back: nobody would release it
+                    await self.drop_slot(slot)
         return restored
 
     async def reap_slots(self) -> int:
