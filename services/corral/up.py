@@ -41,6 +41,20 @@ STOP_TIMEOUT_S = 40.0  # a draining worker may take its CORRAL_DRAIN_TIMEOUT
 NGINX_DIR = Path(__file__).resolve().parent / "nginx"
 
 
+def nginx_conf(
+    router_ports: list[int], listen: str, error_log: Path, max_body: int, *, proxy_conf: Path | None = None
+) -> str:
+    """nginx's configuration in front of routers on these loopback ports (``corral up``, and the
+    router benchmark, which measures what ``corral up`` runs)."""
+    conf = (NGINX_DIR / "corral-up.conf").read_text()
+    conf = conf.replace("@@ROUTERS@@", "\n".join(f"        server 127.0.0.1:{p};" for p in router_ports))
+    conf = conf.replace("@@LISTEN@@", listen).replace(
+        "@@PROXY_CONF@@", str(proxy_conf or NGINX_DIR / "corral-proxy.conf")
+    )
+    conf = conf.replace("@@ERROR_LOG@@", str(error_log))
+    return conf.replace("@@MAX_BODY@@", str(max_body))
+
+
 class UpError(CorralError):
     """Something ``corral up`` cannot start; the message says what to do."""
 
@@ -202,11 +216,7 @@ def plan(
         (nginx_dir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
         # Started as root, nginx's workers run as nobody: they must be able to spool bodies here.
         os.chmod(nginx_dir / "tmp" / sub, 0o1777)
-    conf = template.read_text()
-    conf = conf.replace("@@ROUTERS@@", "\n".join(f"        server 127.0.0.1:{p};" for p in router_ports))
-    conf = conf.replace("@@LISTEN@@", f"{host}:{port}").replace("@@PROXY_CONF@@", str(proxy_conf))
-    conf = conf.replace("@@ERROR_LOG@@", str(logs / "nginx-error.log"))
-    conf = conf.replace("@@MAX_BODY@@", str(max_body))
+    conf = nginx_conf(router_ports, f"{host}:{port}", logs / "nginx-error.log", max_body, proxy_conf=proxy_conf)
     (nginx_dir / "nginx.conf").write_text(conf)
     children.append(
         Child(
