@@ -59,8 +59,9 @@ from harness import (  # noqa: E402  (loadtest/harness.py: what the load tests s
     free_port,
     loadavg,
     machine,
-    proc_stat,
     median,
+    proc_stat,
+    proc_status,
     samples,
     save,
 )
@@ -117,17 +118,6 @@ def transfer_timeout(n: int) -> float:
 
 def mb(n: float) -> str:
     return fmt(n / 1e6, 1)
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS / VmHWM / ... of a process, in bytes."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        parts = value.split()
-        if key.startswith("Vm") and len(parts) == 2 and parts[1] == "kB":
-            out[key] = int(parts[0]) * 1024
-    return out
 
 
 def reset_peak_rss(pid: int) -> None:

