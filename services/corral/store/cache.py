@@ -106,7 +106,7 @@ class BlobCache:
         """Bring the cache under ``max_bytes``; returns how many blobs went."""
         if not self.max_bytes:
             return 0
-        async with self._prune_lock, self.local._lock:
+        async with self._prune_lock, self.local.writing:
             return await asyncio.to_thread(self._prune_sync, set(keep) | self._in_use())
 
     def _prune_sync(self, protected: set[str]) -> int:

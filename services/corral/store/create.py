@@ -81,7 +81,7 @@ class ModelCreator:
         for status in await asyncio.to_thread(self._write_layers, plan):
             yield {"status": status}
         yield {"status": "writing manifest"}
-        async with self.store._lock:
+        async with self.store.writing:
             await asyncio.to_thread(self._commit_create, plan)
         yield {"status": "success"}
 
@@ -128,7 +128,7 @@ class ModelCreator:
         messages: list[dict] | None,
         request: dict,
     ) -> _CreatePlan:
-        name = self.store._existing_or(name)
+        name = self.store.existing_name(name)
         statuses: list[str] = []
         if from_:
             # Ollama prefers `from` when both are given.
@@ -181,7 +181,7 @@ class ModelCreator:
         located = self.store.locate(base_name)
         if located is None:
             raise model_not_found(from_)
-        base = self.store._load(*located)
+        base = self.store.load(*located)
         layers = []
         for layer in base.manifest.get("layers") or []:
             inherited = _layer(layer.get("mediaType", ""), digest_hex(layer.get("digest", "")), layer.get("size", 0))
@@ -284,7 +284,7 @@ class ModelCreator:
             "layers": plan.layers,
         }
         self.store.put_manifest(plan.name, compact_json(manifest))
-        if old_digests and not self.store._noprune:
+        if old_digests and not self.store.noprune:
             self.store.prune_unreferenced(old_digests)
 
 

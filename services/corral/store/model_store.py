@@ -105,15 +105,23 @@ class ModelStore(Storage):
         noprune: bool = False,
     ) -> None:
         self._capabilities = capabilities
-        self._noprune = noprune
-        # Serialises manifest writes with pruning in this process, so a create can't
-        # lose a blob to a concurrent delete's reference scan. Other processes sharing
-        # the store are not covered.
-        self._lock = asyncio.Lock()
+        # OLLAMA_NOPRUNE: blobs a change leaves unreferenced stay (create, pull and delete ask).
+        self.noprune = noprune
+        # Held by every change to the manifests (create, pull, copy, delete), so a create can't
+        # lose a blob to a concurrent delete's reference scan. Other processes sharing the
+        # store are not covered.
+        self.writing = asyncio.Lock()
+
+    def capabilities(self, record: ModelRecord, info: GGUFInfo | None) -> list[str]:
+        """What ``/api/show`` lists: the service's own answer where it gave one (a worker knows
+        what its engine can do), else what the model file says."""
+        if self._capabilities is not None:
+            return list(self._capabilities(record, info))
+        return ["embedding"] if info is not None and info.is_embedding else ["completion"]
 
     # --- records ----------------------------------------------------------------------------
 
-    def _existing_or(self, name: ModelName) -> ModelName:
+    def existing_name(self, name: ModelName) -> ModelName:
         """Ollama's getExistingName: writes go to a model's stored case when it exists."""
         located = self.locate(name)
         return located[0] if located else name
@@ -140,7 +148,8 @@ class ModelStore(Storage):
             model_path=None,
         )
 
-    def _load(self, name: ModelName, ref: Any) -> ModelRecord:
+    def load(self, name: ModelName, ref: Any) -> ModelRecord:
+        """The whole record of a located model (``locate``'s answer), its layers read."""
         try:
             record = self._summary(name, ref)
             for layer in record.manifest.get("layers") or []:
@@ -184,7 +193,7 @@ class ModelStore(Storage):
         located = self.locate(parsed)
         if located is None:
             raise model_not_found(requested)
-        return self._load(*located)
+        return self.load(*located)
 
     async def tags(self) -> list[dict]:
         return await asyncio.to_thread(self._tags_sync)
@@ -237,11 +246,11 @@ class ModelStore(Storage):
 
     async def commit_pull(self, name: ModelName, manifest: bytes) -> bool:
         """Write a pulled manifest; True when layers only the old one used were removed."""
-        async with self._lock:
+        async with self.writing:
             return await asyncio.to_thread(self._commit_pull_sync, name, manifest)
 
     def _commit_pull_sync(self, name: ModelName, manifest: bytes) -> bool:
-        name = self._existing_or(name)
+        name = self.existing_name(name)
         new_digests = manifest_digests(json.loads(manifest))
         for hex_digest in new_digests:
             if self.blob_size(hex_digest) is None:
@@ -252,7 +261,7 @@ class ModelStore(Storage):
             with suppress(OSError, ValueError, AttributeError, TypeError):
                 old_digests = manifest_digests(self.read_manifest(located[1])[1])
         self.put_manifest(name, manifest)
-        if self._noprune:
+        if self.noprune:
             return False
         return self.prune_unreferenced(old_digests - new_digests) > 0
 
@@ -271,7 +280,7 @@ class ModelStore(Storage):
         """Duplicate a manifest under a new name; the blobs are shared."""
         src = _parse_or(source, f"source {quote(str(source))} is invalid")
         dst = _parse_or(destination, f"destination {quote(str(destination))} is invalid")
-        async with self._lock:
+        async with self.writing:
             await asyncio.to_thread(self._copy_sync, src, dst, source)
 
     def _copy_sync(self, src: ModelName, dst: ModelName, requested: str) -> None:
@@ -279,12 +288,12 @@ class ModelStore(Storage):
         if located is None:
             raise NotFoundError(f"model {quote(requested)} not found")
         data = self.read_manifest(located[1])[0]
-        self.put_manifest(self._existing_or(dst), data)
+        self.put_manifest(self.existing_name(dst), data)
 
     async def delete(self, name: str) -> None:
         """Remove a manifest, its empty directories, and the blobs only it used."""
         parsed = _parse_or(name, f"name {quote(str(name))} is invalid")
-        async with self._lock:
+        async with self.writing:
             await asyncio.to_thread(self._delete_sync, parsed, name)
 
     def _delete_sync(self, parsed: ModelName, requested: str) -> None:

@@ -72,7 +72,7 @@ def show_response(
             response["projector_info"] = _model_info(projector, verbose)
     if info is not None:
         response["tensors"] = [dict(tensor) for tensor in info.tensors]
-    response["capabilities"] = capabilities_for(store, record, info)
+    response["capabilities"] = store.capabilities(record, info)
     response["modified_at"] = format_time(record.modified_at)
     if record.config.get("requires"):
         response["requires"] = record.config["requires"]
@@ -86,12 +86,6 @@ def _gguf_for(store: ModelStore, hex_digest: str | None) -> GGUFInfo | None:
         return store.blob_gguf(hex_digest)
     except (OSError, GGUFError) as exc:
         raise CorralError(f"cannot read model file sha256-{hex_digest}: {exc}") from exc
-
-
-def capabilities_for(store: ModelStore, record: ModelRecord, info: GGUFInfo | None) -> list[str]:
-    if store._capabilities is not None:
-        return list(store._capabilities(record, info))
-    return ["embedding"] if info is not None and info.is_embedding else ["completion"]
 
 
 def _model_info(info: GGUFInfo, verbose: bool) -> dict:
