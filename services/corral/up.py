@@ -16,22 +16,20 @@ to back: nginx, routers, workers (each drains its requests), registry, Redis.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.api.errors import CorralError
 from corral.cluster.redis_client import check_redis_url
 from corral.settings import DEFAULT_MAX_REQUEST_BODY, parse_size
+from corral.supervise import Child, ChildError, Probe, free_port
 
 logger = logging.getLogger("corral.up")
 
@@ -57,58 +55,6 @@ def nginx_conf(
 
 class UpError(CorralError):
     """Something ``corral up`` cannot start; the message says what to do."""
-
-
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log: Path
-    ready: tuple[str, int, str] | None  # (host, port, path) answering 200 when up
-    stop_signal: int = signal.SIGTERM
-    process: subprocess.Popen | None = field(default=None, repr=False)
-
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    @property
-    def exit_code(self) -> int | None:
-        return None if self.process is None else self.process.returncode
-
-    def wait_ready(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise UpError(f"{self.name} exited during start-up; its log ({self.log}):\n{_tail(self.log)}")
-            if self.ready is None or _answers(*self.ready):
-                return
-            time.sleep(0.1)
-        raise UpError(f"{self.name} did not become ready in {READY_TIMEOUT_S:.0f} s; see {self.log}")
-
-    def stop(self) -> None:
-        if not self.alive():
-            return
-        assert self.process is not None
-        try:
-            os.killpg(self.process.pid, self.stop_signal)
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        except ProcessLookupError:
-            pass
 
 
 def find_binary(*names: str) -> str:
@@ -142,11 +88,11 @@ def plan(
     for key in ("OLLAMA_HOST", "OLLAMA_MODELS", "PROMETHEUS_MULTIPROC_DIR"):
         base.pop(key, None)  # per child below
 
-    registry_port = _free_port()
+    registry_port = free_port()
     registry_url = f"http://127.0.0.1:{registry_port}"
     children = []
     if not redis_url:
-        redis_port = _free_port()
+        redis_port = free_port()
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         (data_dir / "redis").mkdir(parents=True, exist_ok=True)
         children.append(
@@ -176,13 +122,13 @@ def plan(
             [registry_bin, "serve", str(_registry_config(data_dir, registry_port))],
             base,
             logs / "registry.log",
-            ("127.0.0.1", registry_port, "/v2/"),
+            Probe("127.0.0.1", registry_port, "/v2/"),
         ),
     ]
     cluster = {**base, "REDIS_URL": redis_url, "CORRAL_REGISTRY_URL": registry_url}
     threads = os.environ.get("CORRAL_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // max(1, workers)))
     for i in range(workers):
-        p = _free_port()
+        p = free_port()
         env = {
             **cluster,
             "OLLAMA_HOST": f"127.0.0.1:{p}",
@@ -193,11 +139,11 @@ def plan(
             "CORRAL_NUM_THREADS": threads,
         }
         children.append(
-            Child(f"worker-{i + 1}", [*corral, "worker"], env, logs / f"worker-{i + 1}.log", ("127.0.0.1", p, "/"))
+            Child(f"worker-{i + 1}", [*corral, "worker"], env, logs / f"worker-{i + 1}.log", Probe("127.0.0.1", p))
         )
     router_ports = []
     for i in range(routers):
-        p = _free_port()
+        p = free_port()
         router_ports.append(p)
         metrics_dir = data_dir / "routers" / f"router-{i + 1}" / "metrics"
         shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -209,7 +155,7 @@ def plan(
             "CORRAL_SPOOL_DIR": str(data_dir / "routers" / f"router-{i + 1}" / "spool"),
         }
         children.append(
-            Child(f"router-{i + 1}", [*corral, "router"], env, logs / f"router-{i + 1}.log", ("127.0.0.1", p, "/"))
+            Child(f"router-{i + 1}", [*corral, "router"], env, logs / f"router-{i + 1}.log", Probe("127.0.0.1", p))
         )
     nginx_dir = data_dir / "nginx"
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -224,7 +170,7 @@ def plan(
             [nginx_bin, "-p", str(nginx_dir), "-c", "nginx.conf", "-g", "daemon off;"],
             base,
             logs / "nginx.log",
-            (host if host not in ("0.0.0.0", "::") else "127.0.0.1", port, "/"),
+            Probe(host if host not in ("0.0.0.0", "::") else "127.0.0.1", port),
             stop_signal=signal.SIGQUIT,
         )
     )
@@ -254,7 +200,10 @@ def run(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "1
         for child in children:
             child.start()
             started.append(child)
-            child.wait_ready(time.monotonic() + READY_TIMEOUT_S)
+            try:
+                child.wait_ready(READY_TIMEOUT_S)
+            except ChildError as exc:
+                raise UpError(str(exc)) from None
             logger.info("%s is up", child.name)
             if stopping:
                 return 130
@@ -279,7 +228,7 @@ def run(*, port: int, workers: int, routers: int, data_dir: Path, host: str = "1
     finally:
         print("stopping Corral...", flush=True)
         for child in reversed(started):
-            child.stop()
+            child.stop(STOP_TIMEOUT_S)
 
 
 def _registry_config(data_dir: Path, port: int) -> Path:
@@ -295,12 +244,6 @@ def _registry_config(data_dir: Path, port: int) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _port_taken(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -309,24 +252,6 @@ def _port_taken(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
-
-
-def _answers(host: str, port: int, path: str) -> bool:
-    conn = http.client.HTTPConnection(host, port, timeout=1)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
-
-
-def _tail(path: Path, n: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return "(no log)"
 
 
 def _count(n: int, noun: str) -> str:

@@ -30,8 +30,8 @@ import httpx
 import ollama
 import pytest
 
-from tests.e2e import dashboards, engine
-from tests.e2e.load import short_load
+from tests.support import dashboards, engine
+from tests.support.load import short_load
 from tests.support.model import MODEL_NAME
 from tests.support.registries import seed_model
 from tests.support.servers import free_port

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import dashboards
-from tests.e2e.load import short_load
+from tests.support import dashboards
 from tests.support.answers import wait_for
 from tests.support.cluster import Cluster
+from tests.support.load import short_load
 from tests.support.model import MODEL_NAME
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ import yaml
 
 from corral.router.settings import RouterSettings
 from corral.worker.settings import WorkerSettings
-from tests.e2e import dashboards
+from tests.support import dashboards
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "compose.yaml"

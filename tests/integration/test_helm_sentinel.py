@@ -14,16 +14,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 import redis
 
 from corral.cluster.redis_client import parse_sentinel_url, sync_client
+from corral.supervise import Child
 from tests.support.answers import wait_for
 from tests.support.helmchart import env_of, one, render
-from tests.support.processes import start_watched, stop_group
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -46,15 +45,16 @@ class Pods:
         self.env = {**env, "PEERS": " ".join(f"127.0.0.1:{r}:{s}" for r, s in self.ports),
                     # What a test can wait for; the chart's own values are checked below.
                     "DOWN_AFTER_MS": "1000", "FAILOVER_TIMEOUT_MS": "5000"}
-        self.processes: dict[tuple[int, str], subprocess.Popen] = {}
+        self.processes: dict[tuple[int, str], Child] = {}
 
     def start(self, i: int, mode: str) -> None:
         data, conf = self.tmp / f"pod-{i}" / "data", self.tmp / f"pod-{i}" / "sentinel"
         data.mkdir(parents=True, exist_ok=True)
         conf.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "ME": str(i), "DATA_DIR": str(data), "SENTINEL_DIR": str(conf)}
-        log = (self.tmp / f"pod-{i}-{mode}.log").open("ab")
-        self.processes[(i, mode)] = start_watched(f"{mode}-{i}", ["sh", str(self.script), mode], out=log, env=env)
+        log = self.tmp / f"pod-{i}-{mode}.log"
+        self.processes[(i, mode)] = Child(f"{mode}-{i}", ["sh", str(self.script), mode], env=env, log=log,
+                                          watched=True).start()
         port = self.ports[i][0 if mode == "redis" else 1]
         wait_for(f"pod {i}'s {mode} to answer", lambda: ask(port, "PING"), 30)
 
@@ -71,7 +71,7 @@ class Pods:
 
     def stop(self) -> None:
         for process in self.processes.values():
-            stop_group(process)
+            process.stop()
 
 
 @pytest.mark.skipif(not shutil.which("redis-cli"), reason="redis-cli missing (Debian redis-tools)")

@@ -18,6 +18,7 @@ import httpx
 import ollama
 import pytest
 
+from corral.supervise import ChildError
 from tests.support.registries import MANIFEST_V2, Redirector, RegistryServer, TCPProxy, TokenServer, seed_model
 from tests.support.servers import WorkerProcess, free_port, start_worker
 
@@ -269,7 +270,7 @@ def test_a_mirror_serves_the_default_registry(upstream, tmp_path):
 
 
 def test_bad_mirror_settings_stop_the_worker(tmp_path):
-    with pytest.raises(RuntimeError, match="CORRAL_REGISTRY_MIRRORS"):
+    with pytest.raises(ChildError, match="CORRAL_REGISTRY_MIRRORS"):
         start_worker(tmp_path, {"CORRAL_REGISTRY_MIRRORS": "registry.ollama.ai"})
 
 

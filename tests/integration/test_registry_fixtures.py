@@ -45,7 +45,7 @@ def test_registry_starts_fast_and_stops_its_process(tmp_path: Path) -> None:
     assert r.status_code == 200 and r.headers["docker-distribution-api-version"] == "registry/2.0"
     assert server.url == f"http://{server.host}" and server.storage.parent == tmp_path
     server.stop()
-    assert server.process.poll() is not None
+    assert not server.process.alive()
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", server.port), timeout=1):
         pass
     server.stop()  # idempotent

@@ -1,7 +1,7 @@
 """A whole Corral cluster on loopback for tests: ``corral up`` as a subprocess, no mocks.
 
 ``Cluster`` runs ``python -m corral.cli up`` (Redis, the registry, workers, routers, nginx:
-the real programs) on a free port under a watchdog shell (``tests.support.processes``):
+the real programs) on a free port under a watchdog shell (``corral.supervise``):
 ``stop()`` sends SIGTERM (corral up stops its children front to back) and the whole cluster
 goes when the test process dies, even by SIGKILL. Tests find the processes in /proc (to
 SIGKILL a worker, a router or Redis): corral up's children each lead a process group, and
@@ -16,7 +16,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -28,63 +27,15 @@ from typing import TypeVar
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from corral.supervise import Child, ProcInfo, all_processes, read_proc
 from tests.support.answers import wait_for
 from tests.support.model import MODEL_NAME
-from tests.support.processes import start_watched, tail
 from tests.support.servers import free_port, import_model
 
 T = TypeVar("T")
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
 REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass(frozen=True)
-class Proc:
-    """A process, read from /proc. Redis and nginx rewrite their argv over their environment:
-    for them ``argv`` is the process title and ``env`` is empty."""
-
-    pid: int
-    ppid: int
-    pgid: int
-    started: int  # clock ticks after boot: with the pid, it names the process
-    argv: list[str]
-    env: dict[str, str]
-    state: str  # R, S, D, Z (zombie)...
-
-    @property
-    def alive(self) -> bool:
-        now = _read_proc(self.pid)
-        return now is not None and now.started == self.started and now.state not in ("Z", "X")
-
-
-def _read_proc(pid: int) -> Proc | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        raw_argv = Path(f"/proc/{pid}/cmdline").read_bytes()
-        try:
-            raw_env = Path(f"/proc/{pid}/environ").read_bytes()
-        except PermissionError:
-            raw_env = b""
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    state, ppid, pgid, started = fields[0], int(fields[1]), int(fields[2]), int(fields[19])
-    env = dict(item.split("=", 1) for item in raw_env.decode(errors="replace").split("\0") if "=" in item)
-    argv = raw_argv.decode(errors="replace").split("\0")
-    while argv and argv[-1] == "":
-        argv.pop()
-    return Proc(pid, ppid, pgid, started, argv, env, state)
-
-
-def _all_processes() -> list[Proc]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            proc = _read_proc(int(entry.name))
-            if proc is not None:
-                out.append(proc)
-    return out
 
 
 class Cluster:
@@ -106,14 +57,14 @@ class Cluster:
             **(env or {}),
             "CORRAL_TEST_CLUSTER": self.token,
         }
-        self._extra: list[subprocess.Popen] = []  # what the tests started (a restarted Redis)
+        self._extra: list[Child] = []  # what the tests started (a restarted Redis)
         self._groups: set[tuple[int, int]] = set()  # (pgid, its leader's start time) of corral up's children
         command = [
             sys.executable, "-m", "corral.cli", "up", "--port", str(self.port), "--workers", str(workers),
             "--routers", str(routers), "--data-dir", str(self.data_dir),
         ] + (["--redis-url", redis_url] if redis_url else [])
-        with self.up_log.open("wb") as out:
-            self.process = start_watched("corral-up-watchdog", command, out=out, env=self.env, cwd=REPO)
+        self.process = Child("corral-up-watchdog", command, env=self.env, log=self.up_log, watched=True, cwd=REPO)
+        self.process.start(append=False)
         self._finalizer = weakref.finalize(self, _stop_cluster, self.process, self._extra, self._groups)
         try:
             self.endpoint = self._wait_ready()
@@ -128,10 +79,10 @@ class Cluster:
             for line in self.up_log.read_text(errors="replace").splitlines():
                 if line.startswith("{") and '"endpoint"' in line:
                     return json.loads(line)["endpoint"]
-            if self.process.poll() is not None:
-                raise RuntimeError(f"corral up exited with {self.process.returncode}:\n{tail(self.up_log)}")
+            if not self.process.alive():
+                raise RuntimeError(f"corral up exited with {self.process.exit_code}:\n{self.process.tail()}")
             time.sleep(0.1)
-        raise RuntimeError(f"corral up not ready in {START_TIMEOUT_S}s:\n{tail(self.up_log)}")
+        raise RuntimeError(f"corral up not ready in {START_TIMEOUT_S}s:\n{self.process.tail()}")
 
     # -- stopping
 
@@ -191,10 +142,10 @@ class Cluster:
 
     # -- the processes
 
-    def processes(self) -> list[Proc]:
+    def processes(self) -> list[ProcInfo]:
         """This cluster's processes: corral up and every process in the process groups of its
         children (each child leads its own group: a router's gunicorn workers, nginx's workers)."""
-        procs = _all_processes()
+        procs = all_processes()
         up = [p for p in procs if p.ppid == self.process.pid and p.argv[:1] != ["sh"]
               and p.env.get("CORRAL_TEST_CLUSTER") == self.token]
         groups = {p.pid for p in procs if up and p.ppid == up[0].pid}
@@ -203,19 +154,19 @@ class Cluster:
         self._groups.update((p.pgid, p.started) for p in out if p.pid == p.pgid)
         return out
 
-    def worker_process(self, worker_id: str) -> Proc:
+    def worker_process(self, worker_id: str) -> ProcInfo:
         found = [p for p in self.processes() if p.env.get("CORRAL_WORKER_ID") == worker_id and "worker" in p.argv]
         assert len(found) == 1, f"{worker_id}: {found}"
         return found[0]
 
-    def router_processes(self, n: int) -> list[Proc]:
+    def router_processes(self, n: int) -> list[ProcInfo]:
         """router-n's gunicorn master and its worker processes (one process group)."""
         spool = f"/routers/router-{n}/spool"
         found = [p for p in self.processes() if p.env.get("CORRAL_SPOOL_DIR", "").endswith(spool)]
         assert found, f"router-{n} not found"
         return found
 
-    def redis_process(self) -> Proc:
+    def redis_process(self) -> ProcInfo:
         """redis-server (it rewrites its argv to ``redis-server 127.0.0.1:<port>``)."""
         found = [p for p in self.processes() if p.argv and "redis-server" in p.argv[0].split(" ")[0]]
         assert len(found) == 1, found
@@ -243,7 +194,7 @@ class Cluster:
         return [f"http://127.0.0.1:{port}" for port in re.findall(r"server 127\.0\.0\.1:(\d+);", conf)]
 
     @staticmethod
-    def kill(*procs: Proc) -> None:
+    def kill(*procs: ProcInfo) -> None:
         """SIGKILL to their process groups (a router: its gunicorn master and workers, one
         group); returns once every one of them is dead."""
         for pgid in {p.pgid for p in procs}:
@@ -253,8 +204,7 @@ class Cluster:
     def restart_redis(self, argv: list[str], env: dict[str, str]) -> None:
         """Start Redis again with ``argv`` (``redis_command()``, read before it was killed);
         corral up does not restart a child, so this one belongs to the test (stopped in ``stop``)."""
-        with (self.logs / "redis.log").open("ab") as out:
-            process = start_watched("redis-watchdog", argv, out=out, env=env)
+        process = Child("redis-watchdog", argv, env=env, log=self.logs / "redis.log", watched=True).start()
         self._extra.append(process)
         port = int(argv[argv.index("--port") + 1])
         import redis
@@ -306,30 +256,14 @@ class Metrics:
         return any(n == name and want <= set(ls) for n, ls in self.samples)
 
 
-def _stop_cluster(process: subprocess.Popen, extra: list[subprocess.Popen], groups: set[tuple[int, int]]) -> None:
+def _stop_cluster(process: Child, extra: list[Child], groups: set[tuple[int, int]]) -> None:
     """SIGTERM corral up (it stops its children); then any of its children's process groups
     still there (corral up itself SIGKILLed, or a stop that timed out) gets SIGKILL."""
-    if process.stdin:
-        process.stdin.close()  # the watchdog sends corral up SIGTERM
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+    process.stop(STOP_TIMEOUT_S)
     for child in extra:
-        if child.stdin:
-            child.stdin.close()
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait(timeout=10)
+        child.stop(10)
     for pgid, started in groups:
-        leader = _read_proc(pgid)
+        leader = read_proc(pgid)
         if leader is not None and leader.started == started and pgid != os.getpgid(0):
             try:
                 os.killpg(pgid, signal.SIGKILL)

@@ -14,14 +14,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import time
 import weakref
 from pathlib import Path
 
 import redis
 
-from tests.support.processes import start_watched, stop_group, tail
+from corral.supervise import Child, tail
 from tests.support.registries import OwnedServer
 from tests.support.servers import free_port
 
@@ -40,7 +39,7 @@ class RedisServer(OwnedServer):
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
         self.log_path = self.tmp / f"redis-{self.port}.log"
-        self.process: subprocess.Popen | None = None
+        self.process: Child | None = None
         self._finalizer: weakref.finalize | None = None
         self.start()
 
@@ -52,8 +51,8 @@ class RedisServer(OwnedServer):
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.tmp),
             "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", str(self.log_path), *self.args,
         ]
-        self.process = start_watched("redis-watchdog", command)
-        self._finalizer = weakref.finalize(self, stop_group, self.process)
+        self.process = Child("redis-watchdog", command, watched=True).start()
+        self._finalizer = weakref.finalize(self, self.process.stop)
         try:
             self._wait_ready()
         except BaseException:
@@ -65,8 +64,8 @@ class RedisServer(OwnedServer):
         deadline = time.monotonic() + self.start_timeout
         with self.client(socket_timeout=1) as client:
             while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{tail(self.log_path)}")
+                if not self.process.alive():
+                    raise RuntimeError(f"redis-server exited with {self.process.exit_code}:\n{tail(self.log_path)}")
                 try:
                     if client.ping():
                         return
@@ -77,7 +76,7 @@ class RedisServer(OwnedServer):
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.process.alive()
 
     def client(self, **kwargs: object) -> redis.Redis:
         """A client that decodes replies to str (``with`` it, or ``close()`` it)."""
@@ -108,7 +107,7 @@ class SentinelGroup:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.servers: list[RedisServer] = []
-        self.sentinels: list[tuple[int, subprocess.Popen]] = []
+        self.sentinels: list[tuple[int, Child]] = []
         try:
             no_delay = ["--repl-diskless-sync-delay", "0"]  # a replica syncs at once, not after 5 s
             master = RedisServer(tmp / "master", args=no_delay)
@@ -137,7 +136,7 @@ class SentinelGroup:
                         f"sentinel failover-timeout {self.SERVICE} 5000\n"
                         f"sentinel parallel-syncs {self.SERVICE} 1\n")
         command = [shutil.which("redis-server"), str(conf), "--sentinel", "--logfile", str(self.tmp / f"sentinel-{i}.log")]
-        process = start_watched("sentinel-watchdog", command)
+        process = Child("sentinel-watchdog", command, watched=True).start()
         self.sentinels.append((port, process))
         self._wait(lambda: self._ask(port, "PING"), f"sentinel {i} to answer")
 
@@ -174,6 +173,6 @@ class SentinelGroup:
 
     def stop(self) -> None:
         for _, process in self.sentinels:
-            stop_group(process)
+            process.stop()
         for server in self.servers:
             server.shutdown()

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from tests.support.processes import start_watched, stop_group, tail
+from corral.supervise import Child
 from tests.support.servers import free_port
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
@@ -346,10 +346,9 @@ class RegistryServer(OwnedServer):
         # YAML is a superset of JSON, so no YAML writer is needed.
         self.config_path.write_text(json.dumps(config, indent=2))
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-        with self.log_path.open("wb") as log:
-            self.process = start_watched("registry-watchdog", [REGISTRY_BINARY, "serve", str(self.config_path)],
-                                         out=log, env=env)
-        self._finalizer = weakref.finalize(self, stop_group, self.process)
+        self.process = Child("registry-watchdog", [REGISTRY_BINARY, "serve", str(self.config_path)], env=env,
+                             log=self.log_path, watched=True).start(append=False)
+        self._finalizer = weakref.finalize(self, self.process.stop)
         try:
             self._wait_ready(start_timeout)
         except BaseException:
@@ -359,10 +358,8 @@ class RegistryServer(OwnedServer):
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"docker-registry exited with {self.process.returncode}:\n{tail(self.log_path)}"
-                )
+            if not self.process.alive():
+                raise RuntimeError(f"docker-registry exited with {self.process.exit_code}:\n{self.process.tail()}")
             try:
                 r = httpx.get(self.url + "/v2/", timeout=1)
                 if "docker-distribution-api-version" in r.headers:
@@ -370,7 +367,7 @@ class RegistryServer(OwnedServer):
             except httpx.HTTPError:
                 pass
             time.sleep(0.02)
-        raise RuntimeError(f"docker-registry did not answer within {timeout}s:\n{tail(self.log_path)}")
+        raise RuntimeError(f"docker-registry did not answer within {timeout}s:\n{self.process.tail()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

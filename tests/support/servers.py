@@ -4,28 +4,21 @@ behind the same small interface (``Server``), and a model imported as a user imp
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
+from corral.supervise import Child, Probe, free_port, stop_group
 from tests.support.model import MODEL_NAME
 
 if TYPE_CHECKING:
     from tests.support.cluster import Cluster
 
 CLUSTER_WORKERS, CLUSTER_ROUTERS = 3, 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -39,13 +32,7 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_group(self.process)
 
 
 @dataclass
@@ -94,23 +81,16 @@ def start_worker(tmp: Path, env: dict[str, str] | None = None, *, models_dir: Pa
         "CORRAL_NUM_THREADS": "2",
         **(env or {}),
     }
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli", "worker"], env=full_env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"worker exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(url + "/", timeout=1).status_code == 200:
-                return WorkerProcess(url, models, log_path, process)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"worker did not start:\n{log_path.read_text()}")
+    # Not watched: tests signal the worker itself (SIGTERM to drain, SIGKILL to crash it).
+    child = Child("worker", [sys.executable, "-m", "corral.cli", "worker"], env=full_env, log=log_path,
+                  ready=Probe("127.0.0.1", port)).start(append=False)
+    try:
+        child.wait_ready(60)
+    except BaseException:
+        child.stop()
+        raise
+    assert child.process is not None
+    return WorkerProcess(f"http://127.0.0.1:{port}", models, log_path, child.process)
 
 
 def start_cluster(tmp: Path, env: dict[str, str] | None = None) -> ClusterServer:

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.supervise import Child
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("CORRAL_CACHE", Path.home() / ".cache" / "corral"))
 BASE_IMAGE = "corral-base:bookworm"
@@ -56,10 +58,8 @@ def engine():
         return f"no Docker engine ({first_error}) and no dockerd to start (Debian: apt-get install docker.io)"
     if os.geteuid() != 0:
         return f"no Docker engine ({first_error}) and dockerd needs root to start"
-    with DOCKERD_LOG.open("ab") as log:
-        # Left running for later runs, as a system service would be; it outlives the test.
-        subprocess.Popen([dockerd], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         start_new_session=True)
+    # Left running for later runs, as a system service would be: not watched, it outlives the test.
+    Child("dockerd", [dockerd], log=DOCKERD_LOG).start()
     deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
@@ -210,7 +210,7 @@ def image_size(client, tag: str) -> int:
     return int(client.images.get(tag).attrs["Size"])
 
 
-if __name__ == "__main__":  # build everything, for a person at a terminal: python -m tests.e2e.engine
+if __name__ == "__main__":  # build everything, for a person at a terminal: python -m tests.support.engine
     got = engine()
     if isinstance(got, str):
         raise SystemExit(got)

@@ -11,14 +11,13 @@ import json
 import math
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from corral.supervise import Child, Probe, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "helm" / "corral" / "dashboards"
@@ -114,12 +113,6 @@ def targets(prometheus_url: str) -> list[dict]:
 # -- a Prometheus on loopback ----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Prometheus:
     """Debian's ``prometheus`` on 127.0.0.1, scraping ``jobs`` ({job: ["host:port", ...]})."""
 
@@ -134,39 +127,25 @@ class Prometheus:
             "scrape_configs": [{"job_name": job, "static_configs": [{"targets": hosts}]} for job, hosts in jobs.items()],
         }
         (tmp / "prometheus.yml").write_text(json.dumps(config, indent=2))  # YAML is a superset of JSON
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / "prometheus.log"
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited ({self.process.returncode}):\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"prometheus not ready in {START_TIMEOUT_S}s:\n{self.log()}")
+        self.process = Child("prometheus", [binary, f"--config.file={tmp / 'prometheus.yml'}",
+                                            f"--storage.tsdb.path={tmp / 'data'}",
+                                            f"--web.listen-address=127.0.0.1:{self.port}"],
+                             log=self.log_path, ready=Probe("127.0.0.1", self.port, "/-/ready"), watched=True)
+        self.process.start(append=False)
+        try:
+            self.process.wait_ready(START_TIMEOUT_S)
+        except BaseException:
+            self.stop()
+            raise
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
+        return self.process.tail()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        self.process.stop(15)
 
     def __enter__(self) -> Prometheus:
         return self
