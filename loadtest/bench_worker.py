@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import subprocess
@@ -34,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from corral.store.manifest import file_digest  # noqa: E402
 from harness import (  # noqa: E402  (loadtest/harness.py: what the load tests share)
     ROOT,
     Deadline,
@@ -85,14 +86,6 @@ def decode_rate(n_tokens: int, t_first: float, t_last: float) -> float:
     """Tokens/s between the first and the last token: N tokens are N-1 decode intervals."""
     span = t_last - t_first
     return (n_tokens - 1) / span if n_tokens > 1 and span > 0 else float("nan")
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
 
 
 # -- 1. the baseline: llama-cpp-python in a child process ---------------------------------
@@ -429,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"[bench] {meta['nproc']} CPUs, {meta['cpu']}, load {meta['load_start']}", flush=True)
     note_busy("at start")
-    meta["digest"] = sha256_of(args.model)
+    meta["digest"] = file_digest(args.model)
     problems: list[str] = []
     direct: dict | None = None
     results: dict = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from harness import banners, fmt, median
 from router_profile import KEY_FRAMES
 from router_setup import FAKE_MODEL, NUM_CTX, OTHER_CPU_NOISY, PROMPT, SEED, TARGET_P50_MS, TARGET_P99_MS, TARGET_RPS

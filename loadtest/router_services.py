@@ -8,11 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from harness import Deadline, ROOT, START_TIMEOUT_S, Service, children, free_port
-from router_setup import FAKE_WORKER, NGINX_BINARY, NUM_CTX, REDIS_BINARY, REGISTRY_BINARY
-
 from corral.settings import DEFAULT_MAX_REQUEST_BODY, parse_size
 from corral.up import nginx_conf
+from harness import ROOT, START_TIMEOUT_S, Deadline, Service, children, free_port
+from router_setup import FAKE_WORKER, NGINX_BINARY, NUM_CTX, REDIS_BINARY, REGISTRY_BINARY
 
 
 class Redis(Service):

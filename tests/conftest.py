@@ -23,7 +23,8 @@ import httpx
 import pytest
 import redis
 
-from tests.support.model import TEST_MODEL, sha256_digest
+from corral.store.manifest import file_digest
+from tests.support.model import TEST_MODEL
 from tests.support.redisd import RedisServer
 from tests.support.registries import RegistryServer, SeededModel, TokenServer, seed_model
 from tests.support.servers import Server, import_model, start_server
@@ -74,7 +75,7 @@ def gguf_path() -> Path:
 
 @pytest.fixture(scope="session")
 def gguf_digest(gguf_path: Path) -> str:
-    return sha256_digest(gguf_path)
+    return file_digest(gguf_path)
 
 
 # -- the server under test: a worker or a cluster ------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -13,11 +12,3 @@ TEST_MODEL = Path(
 )
 MODEL_NAME = "smollm2:135m"  # what the fixtures import it as
 
-
-def sha256_digest(path: Path) -> str:
-    """``sha256:<hex>`` of a file, read in blocks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()

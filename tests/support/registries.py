@@ -36,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from corral.store.manifest import file_digest
 from corral.supervise import Child
 from tests.support.servers import free_port
 
@@ -470,16 +471,12 @@ def registry_client(url: str, auth: httpx.Auth | None = None, **kwargs: object) 
 _digest_cache: dict[tuple[str, int, int], str] = {}
 
 
-def file_digest(path: Path) -> str:
-    """``sha256:<hex>`` of a file, read in chunks; cached by (path, size, mtime)."""
+def cached_digest(path: Path) -> str:
+    """``file_digest`` of a file, cached by (path, size, mtime): seeded blobs are hashed once."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _digest_cache:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            while block := f.read(CHUNK):
-                h.update(block)
-        _digest_cache[key] = "sha256:" + h.hexdigest()
+        _digest_cache[key] = file_digest(path)
     return _digest_cache[key]
 
 
@@ -516,7 +513,7 @@ def _push_blob(client: httpx.Client, repo: str, data: Path | bytes) -> tuple[str
     if isinstance(data, bytes):
         digest, size = "sha256:" + hashlib.sha256(data).hexdigest(), len(data)
     else:
-        digest, size = file_digest(data), data.stat().st_size
+        digest, size = cached_digest(data), data.stat().st_size
     if client.head(f"/v2/{repo}/blobs/{digest}").status_code == 200:
         return digest, size
     r = client.post(f"/v2/{repo}/blobs/uploads/")

@@ -3,8 +3,10 @@ its media types, digests, and the exact bytes Corral writes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from corral.api.errors import BadRequestError
@@ -30,6 +32,12 @@ def digest_hex(digest: str) -> str:
     if match is None:
         raise BadRequestError("invalid digest format")
     return match.group(1).lower()
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of a file, as a client names the blob it uploads (``/api/blobs``)."""
+    with path.open("rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def manifest_digests(manifest: dict) -> set[str]:
