@@ -1,7 +1,7 @@
 """The images' HEALTHCHECK: exit 0 when GET <path> on this container's OLLAMA_HOST answers 200.
 
     python3 healthcheck.py /api/version           # liveness (router and worker)
-    python3 healthcheck.py /api/cluster/workers   # router readiness: 503 while Redis is unreachable
+    python3 healthcheck.py /api/cluster/ready     # router readiness: 503 while Redis is unreachable
 
 Standard library only, so the probe costs no import of the service and works in every image.
 """

@@ -37,6 +37,6 @@ WORKDIR /home/corral
 EXPOSE 11434
 # Ready = Redis answers (503 otherwise), so nginx only starts in front of working routers.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python3", "/opt/corral/healthcheck.py", "/api/cluster/workers"]
+    CMD ["python3", "/opt/corral/healthcheck.py", "/api/cluster/ready"]
 ENTRYPOINT ["corral"]
 CMD ["router"]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from corral import keys
+
 logger = logging.getLogger("corral")
 
 
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     pull.add_argument("--wait", type=float, default=0, help="seconds to wait for the endpoint to answer first")
     pull.add_argument("--insecure", action="store_true", help="allow insecure connections to the registry")
     pull.set_defaults(func=run_pull)
+    keys.add_parser(sub)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -76,7 +76,9 @@ def _error_of(text: str) -> str | None:
 
 
 def run(models: list[str], *, endpoint: str, wait_s: float, insecure: bool) -> int:
-    with httpx.Client() as client:
+    from corral.keys import client_headers  # (it imports this module)
+
+    with httpx.Client(headers=client_headers()) as client:
         try:
             wait_until_up(client, endpoint, wait_s)
             for model in models:

@@ -8,6 +8,8 @@ falling back to a default.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import math
 import os
@@ -94,6 +96,22 @@ def check_duration(value: str) -> str:
     return value
 
 
+def derived_cluster_token(admin_key: str) -> str:
+    """The cluster token routers and workers agree on when only CORRAL_ADMIN_KEY is given: not
+    the key itself, so the header between them never carries it."""
+    if not admin_key:
+        return ""
+    return hmac.new(admin_key.encode(), b"corral cluster token", hashlib.sha256).hexdigest()
+
+
+def check_secret(value: str, *, minimum: int = 16) -> str:
+    """A shared secret (a key, a token): empty, or at least ``minimum`` characters of printable
+    ASCII without spaces, so that it travels in an HTTP header unchanged."""
+    if value and (len(value) < minimum or not all("!" <= c <= "~" for c in value)):
+        raise ValueError(f"must be at least {minimum} characters of printable ASCII, without spaces")
+    return value
+
+
 def _clean(value: Any) -> Any:
     # Ollama trims spaces and quotes from every variable.
     if isinstance(value, str):
@@ -119,6 +137,12 @@ class CommonSettings(BaseSettings):
     CORRAL_DRAIN_TIMEOUT: str = "30s"
     # The largest request body (blob uploads aside): more gets 413.
     CORRAL_MAX_REQUEST_BODY: str = DEFAULT_MAX_REQUEST_BODY
+    # Routers send the cluster token to workers with every request; a worker that has one
+    # refuses requests without it, so only routers reach workers (``cluster_token``).
+    CORRAL_CLUSTER_TOKEN: str = ""
+    # The bootstrap admin key (routers, CORRAL_AUTH=keys); without CORRAL_CLUSTER_TOKEN, the
+    # cluster token is derived from it, so one secret secures a compose stack.
+    CORRAL_ADMIN_KEY: str = ""
 
     @field_validator("*", mode="before")
     @classmethod
@@ -135,6 +159,16 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _check_durations(cls, value: str) -> str:
         return check_duration(value)
+
+    @field_validator("CORRAL_CLUSTER_TOKEN", "CORRAL_ADMIN_KEY")
+    @classmethod
+    def _check_secrets(cls, value: str) -> str:
+        return check_secret(value)
+
+    @property
+    def cluster_token(self) -> str:
+        """CORRAL_CLUSTER_TOKEN, else one derived from CORRAL_ADMIN_KEY, else '' (workers open)."""
+        return self.CORRAL_CLUSTER_TOKEN or derived_cluster_token(self.CORRAL_ADMIN_KEY)
 
     @field_validator("CORRAL_DRAIN_TIMEOUT")
     @classmethod
@@ -196,7 +230,7 @@ class CommonSettings(BaseSettings):
         """The effective configuration for the start-up log line, secrets hidden."""
         shown = {}
         for key, value in self.model_dump().items():
-            secret = any(word in key for word in ("PASSWORD", "TOKEN", "SECRET"))
+            secret = any(word in key for word in ("PASSWORD", "TOKEN", "SECRET", "KEY"))
             if isinstance(value, str) and "://" in value and ("@" in value or "password=" in value):
                 secret = True  # credentials in a URL (a sentinel's password is in its query)
             shown[key] = "***" if secret and value else value

@@ -120,7 +120,7 @@ def test_prometheus_config_is_valid():
 
 def test_dashboards_are_complete():
     loaded = dashboards.load()
-    assert set(loaded) == {"cluster.json", "models.json", "workers.json"}
+    assert set(loaded) == {"cluster.json", "models.json", "tenants.json", "workers.json"}
     uids = [d["uid"] for d in loaded.values()]
     assert len(set(uids)) == len(uids)
     for name, dashboard in loaded.items():

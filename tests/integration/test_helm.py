@@ -47,6 +47,8 @@ APP_VERSION = chart_metadata()["appVersion"]
 # Names the services' runtime reads besides their settings classes. Empty on purpose: the chart
 # lets gunicorn's PROMETHEUS_MULTIPROC_DIR default to a fresh directory under /tmp.
 RUNTIME_ENV: frozenset[str] = frozenset()
+# What `corral pull` (the preload Job) reads: the admin key, as the ollama client sends it.
+CLIENT_ENV = frozenset({"OLLAMA_API_KEY"})
 
 HA_REDIS_URL = "redis://:s3cret@redis-ha.data.svc:6379/0"
 VALUE_SETS: dict[str, dict[str, Any]] = {
@@ -71,6 +73,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
              "monitoring": {"serviceMonitor": {"enabled": True}}},
     "monitoring": {"monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}}},
     "preload": {"preload": {"models": ["smollm2:135m", "registry.local:5000/team/tiny:v1"], "insecure": True}},
+    "auth": {"auth": {"enabled": True}, "preload": {"models": ["smollm2:135m"]}},
 }
 
 
@@ -256,19 +259,55 @@ def _dashboard_configmap_names() -> list[str]:
     return names
 
 
+def test_api_keys_keep_workers_behind_the_routers() -> None:
+    objects, _ = render(VALUE_SETS["auth"])
+    secret = one(objects, "Secret", f"{FULL}-auth")
+    admin_key = base64.b64decode(secret["data"]["admin-key"]).decode()
+    token = base64.b64decode(secret["data"]["cluster-token"]).decode()
+    assert len(admin_key) == 48 and len(token) == 48 and admin_key != token  # generated
+    router = env_of(_container(one(objects, "Deployment", f"{FULL}-router"), "router"))
+    assert router["CORRAL_AUTH"]["value"] == "keys"
+    assert router["CORRAL_ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == {"name": f"{FULL}-auth", "key": "admin-key"}
+    assert router["CORRAL_CLUSTER_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": f"{FULL}-auth", "key": "cluster-token"}
+    worker = env_of(_container(one(objects, "Deployment", f"{FULL}-worker-cpu"), "worker"))
+    assert worker["CORRAL_CLUSTER_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "cluster-token"
+    assert "CORRAL_ADMIN_KEY" not in worker  # a worker never holds the admin key
+    preload = env_of(_container(one(objects, "Job", f"{FULL}-preload"), "preload"))
+    assert preload["OLLAMA_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "admin-key"
+    policy = one(objects, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"][0] == {"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "corral", "app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/component": "router"}}}
+    assert rule["from"][1]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    # Given values: the admin key as set; an existing Secret instead of the chart's; too short fails.
+    objects, _ = render({"auth": {"enabled": True, "adminKey": "a-given-admin-key-0123"}})
+    assert base64.b64decode(one(objects, "Secret", f"{FULL}-auth")["data"]["admin-key"]) == b"a-given-admin-key-0123"
+    objects, _ = render({"auth": {"enabled": True, "existingSecret": "my-keys", "networkPolicy": {"enabled": False}}})
+    assert not find(objects, "Secret", f"{FULL}-auth") and not find(objects, "NetworkPolicy")
+    router = env_of(_container(one(objects, "Deployment", f"{FULL}-router"), "router"))
+    assert router["CORRAL_ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "my-keys", "key": "admin-key"}
+    with pytest.raises(Exception, match="auth/adminKey"):  # the values schema: 16+ printable characters
+        render({"auth": {"enabled": True, "adminKey": "short"}})
+    objects, _ = render()  # off by default: nothing of it
+    assert not find(objects, "NetworkPolicy") and "CORRAL_AUTH" not in env_of(
+        _container(one(objects, "Deployment", f"{FULL}-router"), "router"))
+
+
 def test_router_probes_mean_what_operators_expect() -> None:
     objects, _ = render()
     router = _container(one(objects, "Deployment", f"{FULL}-router"), "router")
     # Ready = can place requests (from Redis, or while it is away from the last known placements);
     # alive = the process answers.
-    assert router["readinessProbe"]["httpGet"] == {"path": "/api/cluster/workers", "port": "http"}
+    assert router["readinessProbe"]["httpGet"] == {"path": "/api/cluster/ready", "port": "http"}
     assert router["livenessProbe"]["httpGet"] == {"path": "/api/version", "port": "http"}
     worker = _container(one(objects, "Deployment", f"{FULL}-worker-cpu"), "worker")
     assert worker["readinessProbe"]["httpGet"]["path"] == "/api/version"
     # Configurable: values merge into the defaults (null removes one, as everywhere in Helm).
     objects, _ = render({"router": {"readinessProbe": {"periodSeconds": 2, "failureThreshold": None}}})
     router = _container(one(objects, "Deployment", f"{FULL}-router"), "router")
-    assert router["readinessProbe"] == {"httpGet": {"path": "/api/cluster/workers", "port": "http"},
+    assert router["readinessProbe"] == {"httpGet": {"path": "/api/cluster/ready", "port": "http"},
                                         "periodSeconds": 2, "timeoutSeconds": 3}
 
 
@@ -497,7 +536,7 @@ def test_no_drift_between_chart_and_services(rendered) -> None:
             env = env_of(container)
             if container["name"] == "preload":
                 # `corral pull` takes everything on its command line.
-                assert set(env) <= RUNTIME_ENV, f"[{name}] preload env: {sorted(env)}"
+                assert set(env) <= RUNTIME_ENV | CLIENT_ENV, f"[{name}] preload env: {sorted(env)}"
                 continue
             settings_cls = {"router": RouterSettings, "worker": WorkerSettings}[container["name"]]
             unknown = set(env) - set(settings_cls.model_fields) - RUNTIME_ENV

@@ -106,13 +106,14 @@ class Cluster:
     def post(self, path: str, body: dict, timeout: float = 60.0) -> httpx.Response:
         return httpx.post(self.endpoint + path, json=body, timeout=timeout)
 
-    def import_models(self, gguf_path: Path, digest: str, variants: list[str] = ()) -> None:
+    def import_models(self, gguf_path: Path, digest: str, variants: list[str] = (), *,
+                      headers: dict[str, str] | None = None) -> None:
         """The test model as ``smollm2:135m``, plus distinct models made from it (own system prompts)."""
-        import_model(self.endpoint, gguf_path, digest)
+        import_model(self.endpoint, gguf_path, digest, headers=headers)
         for i, name in enumerate(variants):
-            r = self.post("/api/create", {
+            r = httpx.post(self.endpoint + "/api/create", json={
                 "model": name, "from": MODEL_NAME, "system": f"You are assistant number {i + 1}.", "stream": False,
-            }, timeout=120)
+            }, headers=headers, timeout=120)
             assert r.status_code == 200 and r.json() == {"status": "success"}, r.text
 
     def ps(self) -> dict[str, list[str]]:

@@ -303,14 +303,15 @@ def odd_requests(draw: st.DrawFn) -> Probe:
 class Wire:
     """One keep-alive connection to the server under test; see the module's docstring."""
 
-    def __init__(self, url: str, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
         parts = urlsplit(url)
         self.host, self.port, self.timeout = parts.hostname, parts.port, timeout
+        self.headers = headers or {}  # sent with every probe (an API key)
         self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def send(self, probe: Probe) -> tuple[int, dict[str, str], bytes]:
         """Status, headers and body (for a stream: its first line, then the connection is dropped)."""
-        headers = {"Content-Type": "application/json"} if probe.body else {}
+        headers = {**self.headers, **({"Content-Type": "application/json"} if probe.body else {})}
         if probe.own_connection:
             conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             try:

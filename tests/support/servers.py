@@ -108,9 +108,11 @@ def start_server(serving: str, tmp: Path, env: dict[str, str] | None = None, *, 
     return start_worker(tmp, env, models_dir=models_dir)
 
 
-def import_model(url: str, gguf_path: Path, digest: str, name: str = MODEL_NAME, **extra: object) -> None:
+def import_model(
+    url: str, gguf_path: Path, digest: str, name: str = MODEL_NAME, *, headers: dict[str, str] | None = None, **extra: object
+) -> None:
     """Import a GGUF the way a user does: upload the blob, then /api/create from it."""
-    with httpx.Client(base_url=url, timeout=120) as client:
+    with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
         if client.head(f"/api/blobs/{digest}").status_code != 200:
             with gguf_path.open("rb") as f:
                 r = client.post(f"/api/blobs/{digest}", content=f)

@@ -41,6 +41,16 @@ tests compare every name rendered below with those classes.
 {{- end }}
 {{- end }}
 
+{{/* With auth.enabled: one of the auth Secret's keys (admin-key, cluster-token) as a variable. */}}
+{{- define "corral.env.authSecret" -}}
+{{- $root := index . 0 -}}
+- name: {{ index . 1 }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "corral.authSecretName" $root }}
+      key: {{ index . 2 }}
+{{- end }}
+
 {{/* What routers and workers both read. */}}
 {{- define "corral.env.common" -}}
 {{- $c := .Values.config -}}
@@ -70,6 +80,9 @@ tests compare every name rendered below with those classes.
   value: {{ $c.maxRequestBody | quote }}
 {{- include "corral.env.redis" . }}
 {{- include "corral.env.registry" . }}
+{{- if .Values.auth.enabled }}
+{{ include "corral.env.authSecret" (list . "CORRAL_CLUSTER_TOKEN" "cluster-token") }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -83,6 +83,10 @@ redis+sentinel://{{ join "," $hosts }}/{{ include "corral.redisSentinelService" 
 {{- include "corral.componentName" (list . "secrets") }}
 {{- end }}
 
+{{- define "corral.authSecretName" -}}
+{{- default (include "corral.componentName" (list . "auth")) .Values.auth.existingSecret }}
+{{- end }}
+
 {{- define "corral.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "corral.fullname" .) .Values.serviceAccount.name }}

@@ -5,8 +5,11 @@
     │   ├── InvalidNameError         400 "invalid model name" (and friends)
     │   ├── OptionError              400 an option of the wrong type
     │   └── CapabilityError          400 the model can't do what was asked
+    ├── UnauthorizedError       401  no API key, or one the cluster does not know (CORRAL_AUTH=keys)
+    ├── ForbiddenError          403  a key asking for a model or route it may not use
     ├── NotFoundError           404  unknown model, blob or route object
     ├── PayloadTooLargeError    413  a body over CORRAL_MAX_REQUEST_BODY
+    ├── RateLimitError          429  a key over its requests or tokens per minute (adds Retry-After)
     ├── RequestCanceledError    499  the client left while the request waited
     ├── ServerBusyError         503  a bounded queue is full (adds Retry-After)
     ├── UpstreamError           502  a registry or worker could not be reached
@@ -29,6 +32,10 @@ from typing import Any
 
 class CorralError(Exception):
     status = 500
+    # Under /v1, OpenAI's envelope: its "type" follows the status unless a class names its own,
+    # and its "code" is set where OpenAI sets one (the SDKs read both).
+    openai_type: str | None = None
+    openai_code: str | None = None
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
@@ -57,6 +64,21 @@ class CapabilityError(BadRequestError):
     pass
 
 
+class UnauthorizedError(CorralError):
+    status = 401
+    openai_type = "invalid_request_error"
+    openai_code = "invalid_api_key"
+
+    def __init__(self, message: str = "unauthorized") -> None:
+        super().__init__(message)
+
+
+class ForbiddenError(CorralError):
+    status = 403
+    openai_type = "invalid_request_error"
+    openai_code = "permission_denied"
+
+
 class NotFoundError(CorralError):
     status = 404
 
@@ -66,6 +88,19 @@ class PayloadTooLargeError(CorralError):
 
     def __init__(self, message: str = "http: request body too large") -> None:  # Go's MaxBytesError
         super().__init__(message)
+
+
+class RateLimitError(CorralError):
+    status = 429
+    openai_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, limit: str) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+        self.openai_type = limit  # OpenAI's own: "requests" or "tokens"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class RequestCanceledError(CorralError):
@@ -122,16 +157,18 @@ def ollama_error_body(message: str) -> dict[str, Any]:
     return {"error": message}
 
 
-def openai_error_body(status: int, message: str) -> dict[str, Any]:
+def openai_error_body(status: int, message: str, *, type: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {
         "error": {
             "message": message,
-            "type": openai_error_type(status),
+            "type": type or openai_error_type(status),
             "param": None,
-            "code": None,
+            "code": code,
         }
     }
 
 
-def error_body(status: int, message: str, *, openai: bool) -> dict[str, Any]:
-    return openai_error_body(status, message) if openai else ollama_error_body(message)
+def error_body(exc: CorralError, *, openai: bool) -> dict[str, Any]:
+    if openai:
+        return openai_error_body(exc.status, exc.message, type=exc.openai_type, code=exc.openai_code)
+    return ollama_error_body(exc.message)

@@ -50,7 +50,7 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(exc: CorralError, *, openai: bool) -> Response:
-    return json_response(error_body(exc.status, exc.message, openai=openai), exc.status, exc.headers())
+    return json_response(error_body(exc, openai=openai), exc.status, exc.headers())
 
 
 # -- request bodies ----------------------------------------------------------------------
@@ -171,6 +171,19 @@ def request_id(scope: Scope) -> str:
         if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
             return value.decode()
     return secrets.token_hex(8)
+
+
+class StatusWatch:
+    """An ASGI ``send`` that notes the status its response starts with (0 until it starts)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
 
 
 class LastResortMiddleware:
@@ -384,19 +397,13 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-
-        async def record_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        watch = StatusWatch(send)
         try:
-            await self.app(scope, receive, record_status)
+            await self.app(scope, receive, watch)
         finally:
             route = scope.get("route")
             label = getattr(route, "path", "unmatched")
+            status = watch.status or 500
             self.metrics.requests.labels(label, str(status)).inc()
             self.metrics.request_seconds.labels(label).observe(time.perf_counter() - started)
 

@@ -29,8 +29,10 @@ from corral.api.http import (
     serve_ollama_api,
 )
 from corral.api.streams import format_time
+from corral.cluster import tenants
 from corral.cluster.model_times import RedisModelTimes
 from corral.cluster.redis_client import async_client
+from corral.cluster.tenants import CLUSTER_TOKEN_HEADER
 from corral.router.dispatch import ClusterUnavailableError, Dispatcher
 from corral.router.forward import FORWARDED, RAW_SEND, ForwardEndpoint, ForwardShortcut, relayed_response
 from corral.router.metrics import RouterMetrics
@@ -38,6 +40,8 @@ from corral.router.reaper import Reaper
 from corral.router.redis_lane import RedisLane
 from corral.router.settings import RouterSettings
 from corral.router.state import NEVER, ClusterState
+from corral.router.tenants import AuthMiddleware, Gate
+from corral.router.tenants import admin as admin_router
 from corral.store import routes as store_routes
 from corral.store.oci import RegistryStore
 from corral.store.pull import Registries
@@ -83,6 +87,7 @@ async def show(request: Request) -> Response:
     """Relayed to a worker: a model's capabilities come from its template, which workers parse
     (the router parses none). With no worker up, the registry answers here."""
     body = await read_json(request, requests.SHOW)
+    tenants.require_model(request.scope, body.get("model") or body.get("name"))
     try:
         return relayed_response(await dispatcher(request).relay_anywhere("/api/show", body))
     except ClusterUnavailableError:
@@ -115,6 +120,8 @@ async def ps(request: Request) -> Response:
             entries.setdefault(entry["name"].lower(), entry)
     out = []
     for model, group in held.items():
+        if not tenants.may_use(request.scope, model):
+            continue
         found = _match(entries, model)
         if found is None:
             continue  # placed but not loaded yet (or already gone)
@@ -149,6 +156,15 @@ async def cluster_workers(request: Request) -> Response:
     return json_response({"workers": out})
 
 
+@router.get("/api/cluster/ready")
+async def cluster_ready(request: Request) -> Response:
+    """The readiness probe: 200 when this router can place requests (from Redis, or while Redis
+    is away from its last known placements), else 503. Open to all, as ``/`` is: it says nothing
+    about the cluster but whether this router is ready."""
+    await _cluster_view(dispatcher(request))
+    return json_response({"status": "ready"})
+
+
 async def _cluster_view(d: Dispatcher) -> tuple[list[Any], list[Any]]:
     """Live workers and their placements; while Redis is away, as it last said them (the
     router still places requests from them), or 503 when it never did."""
@@ -180,7 +196,7 @@ def _match(entries: dict[str, dict], model: str) -> dict | None:
 # Routes that change the cluster's models, and routes that never read them. (The forwarded
 # routes read the generation with their slot: dispatch.py.)
 _MODEL_WRITES = {"/api/create", "/api/copy", "/api/delete", "/api/pull"}
-_NO_MODELS = {"/", "/api/version", "/metrics", "/api/ps", "/api/cluster/workers"}
+_NO_MODELS = {"/", "/api/version", "/metrics", "/api/ps", "/api/cluster/workers", "/api/cluster/ready"}
 
 
 class FreshModelsMiddleware:
@@ -227,6 +243,8 @@ def create_app(settings: RouterSettings) -> FastAPI:
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=settings.CORRAL_CONNECT_TIMEOUT, read=None, write=60.0, pool=30.0),
             limits=httpx.Limits(max_connections=2048, max_keepalive_connections=256),
+            # Workers with CORRAL_CLUSTER_TOKEN answer only requests that carry it.
+            headers={CLUSTER_TOKEN_HEADER: settings.cluster_token} if settings.cluster_token else None,
         )
         client = RegistryClient()
         times = RedisModelTimes(settings.REDIS_URL)
@@ -236,6 +254,7 @@ def create_app(settings: RouterSettings) -> FastAPI:
         app.state.models = RouterModels(store, Registries(client, mirrors=settings.registry_mirrors))
         lane = RedisLane(settings.REDIS_URL) if RedisLane.supports(settings.REDIS_URL) else None
         app.state.dispatcher = d = Dispatcher(settings, ClusterState(redis, lane), store, http, metrics)
+        app.state.gate = Gate(settings, redis, lane, metrics) if settings.CORRAL_AUTH == "keys" else None
         reaper = asyncio.create_task(Reaper(d).run())
         try:
             yield
@@ -252,9 +271,12 @@ def create_app(settings: RouterSettings) -> FastAPI:
 
     app = _RouterApp(title="Corral router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(router)
+    app.include_router(admin_router)
     app.include_router(models_router)
     app.add_middleware(ForwardShortcut, routes=_FORWARD_ROUTES)
     app.add_middleware(FreshModelsMiddleware)
+    if settings.CORRAL_AUTH == "keys":
+        app.add_middleware(AuthMiddleware)
     serve_ollama_api(app, settings, metrics)
     return app
 

@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 from corral.api.durations import DurationError, parse_keep_alive
 from corral.api.errors import CorralError, NotFoundError, RequestCanceledError, ServerBusyError, UpstreamError
 from corral.api.gojson import dumps
+from corral.cluster.tenants import CLUSTER_TOKEN_HEADER, TENANT_HEADER, Tenant
 from corral.cluster.workers import (
     MODELS_GENERATION_HEADER,
     STATE_READY,
@@ -222,9 +223,12 @@ class Dispatcher:
 
     # -- one request
 
-    async def forward(self, client: Downstream, path: str, body: dict[str, Any]) -> Forwarded | Relayed:
+    async def forward(
+        self, client: Downstream, path: str, body: dict[str, Any], tenant: Tenant | None = None
+    ) -> Forwarded | Relayed:
+        """``tenant``: the API key it came with (CORRAL_AUTH=keys), told to the worker for its tokens."""
         try:
-            return await self._forward(client, path, body)
+            return await self._forward(client, path, body, tenant)
         except RedisError as exc:
             self.metrics.rejections.labels("redis").inc()
             raise ClusterUnavailableError(f"cluster state unavailable: {exc}") from exc
@@ -235,19 +239,25 @@ class Dispatcher:
             self.metrics.rejections.labels("redis" if self.offline.active else "no_workers").inc()
             raise
 
-    async def _forward(self, client: Downstream, path: str, body: dict[str, Any]) -> Forwarded | Relayed:
+    async def _forward(
+        self, client: Downstream, path: str, body: dict[str, Any], tenant: Tenant | None
+    ) -> Forwarded | Relayed:
         model = body.get("model")
         keep_alive = self._keep_alive(body)
         size = None
         if isinstance(model, str) and model and is_valid_name(model) and keep_alive is not None:
             size = await self._size_if_known(model)
         if size is None or not isinstance(model, str):  # unknown model or a bad field: a worker gives Ollama's answer
-            return await self.relay_anywhere(path, body)
+            return await self.relay_anywhere(path, body, tenant=tenant)
         model = ModelName.parse(model).display  # one placement per model: "m" and "m:latest" are one
         if keep_alive == 0 and _is_empty(body):
             return await self._unload_everywhere(model, path, body)
         payload = dumps({**body, "keep_alive": -1} if path.startswith("/api/") else body).encode()
-        headers = [("content-type", "application/json"), (MODELS_GENERATION_HEADER, str(self._models_generation))]
+        headers = [
+            ("content-type", "application/json"),
+            (MODELS_GENERATION_HEADER, str(self._models_generation)),
+            *self._cluster_headers(tenant),
+        ]
         affinity = affinity_key(path, body)
         exclude: set[str] = set()
         last_error = "no worker could serve the request"
@@ -461,7 +471,18 @@ class Dispatcher:
         except DurationError:
             return None
 
-    async def relay_anywhere(self, path: str, body: dict[str, Any], avoid: AbstractSet[str] = frozenset()) -> Relayed:
+    def _cluster_headers(self, tenant: Tenant | None) -> list[tuple[str, str]]:
+        """What workers are told besides the body: the cluster token, and whose request it is."""
+        headers = []
+        if self.settings.cluster_token:
+            headers.append((CLUSTER_TOKEN_HEADER, self.settings.cluster_token))
+            if tenant is not None:
+                headers.append((TENANT_HEADER, tenant.header()))
+        return headers
+
+    async def relay_anywhere(
+        self, path: str, body: dict[str, Any], avoid: AbstractSet[str] = frozenset(), *, tenant: Tenant | None = None
+    ) -> Relayed:
         if not self.offline.active:
             await self._sync_models_if_up()  # the answer can come from a worker either way
         ready = [w for w in await self.workers() if w.state == STATE_READY]
@@ -473,7 +494,11 @@ class Dispatcher:
                 workers[0].url + path,
                 content=dumps(body).encode(),
                 timeout=60,
-                headers={"content-type": "application/json", MODELS_GENERATION_HEADER: str(self._models_generation)},
+                headers={
+                    "content-type": "application/json",
+                    MODELS_GENERATION_HEADER: str(self._models_generation),
+                    **dict(self._cluster_headers(tenant)),
+                },
             )
         except httpx.HTTPError as exc:
             raise UpstreamError(f"worker {workers[0].id}: {exc}") from exc

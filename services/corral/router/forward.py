@@ -34,6 +34,7 @@ from corral.api import requests
 from corral.api.errors import BadRequestError, CorralError
 from corral.api.http import answer_error, decode_json
 from corral.api.streams import ndjson_line
+from corral.cluster import tenants
 from corral.router.dispatch import HOP_HEADERS, Dispatcher, Downstream, Forwarded, Relayed
 from corral.router.upstream import WorkerConnectionError
 
@@ -71,8 +72,13 @@ class ForwardEndpoint:
         watcher = None
         try:
             body = await decode_json(await _read_body(receive), self.shape)
+            tenant = tenants.tenant_of(scope)
+            if tenant is not None:
+                model = body.get("model")
+                tenants.require_model(scope, model)
+                scope[tenants.MODEL_SCOPE] = tenants.display_name(model)
             watcher = asyncio.ensure_future(_watch(receive, client))
-            answer = await dispatcher.forward(client, self.path, body)
+            answer = await dispatcher.forward(client, self.path, body, tenant)
             if isinstance(answer, Relayed):
                 await relayed_response(answer)(scope, receive, send)
             else:

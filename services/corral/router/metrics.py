@@ -59,6 +59,20 @@ class RouterMetrics:
             ["kind"],
             registry=r,
         )
+        # With API keys on: by key *name* (never the secret). outcome: ok, error (an answer
+        # of 4xx/5xx), rejected (401/403/429 before any work).
+        self.key_requests = Counter(
+            "corral_router_key_requests_total",
+            "Inference requests made with an API key, by key name, model and outcome (ok, error)",
+            ["key", "model", "outcome"],
+            registry=r,
+        )
+        self.key_rejections = Counter(
+            "corral_router_key_rejections_total",
+            "Requests refused for a key (rpm, tpm, flight: 429; model, admin: 403; unknown: 401)",
+            ["key", "reason"],
+            registry=r,
+        )
         self.retries = Counter(
             "corral_router_retries_total",
             "Requests placed again after a worker failed before the first byte",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from corral.cluster.redis_client import check_redis_url
 from corral.settings import CommonSettings
@@ -27,6 +28,29 @@ class RouterSettings(CommonSettings):
     CORRAL_REPLICATE_AFTER: float = Field(
         1.0, ge=0, description="seconds a request waits on a busy model before another replica is loaded"
     )
+
+    CORRAL_AUTH: Literal["off", "keys"] = Field(
+        "off", description="keys: every route but / and /api/version needs an API key (docs/sharing.md)"
+    )
+    CORRAL_KEY_QUEUE_SHARE: float = Field(
+        0.5, gt=0, le=1, description="the share of OLLAMA_MAX_QUEUE one key may have in flight"
+    )
+
+    @field_validator("CORRAL_AUTH", mode="before")
+    @classmethod
+    def _auth_off(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) and value else "off"
+
+    @model_validator(mode="after")
+    def _keys_need_an_admin_key(self) -> RouterSettings:
+        if self.CORRAL_AUTH == "keys" and not self.CORRAL_ADMIN_KEY:
+            raise ValueError("CORRAL_AUTH=keys needs CORRAL_ADMIN_KEY (at least 16 characters)")
+        return self
+
+    @property
+    def key_flight_limit(self) -> int:
+        """How many inference requests one key may have in flight, cluster-wide."""
+        return max(1, int(self.OLLAMA_MAX_QUEUE * self.CORRAL_KEY_QUEUE_SHARE))
 
     @field_validator("CORRAL_REGISTRY_URL")
     @classmethod

@@ -239,12 +239,12 @@ _TOKEN_PREFIX = secrets.token_hex(6)
 _TOKEN_COUNT = itertools.count()
 
 
-def _token() -> str:
+def request_token() -> str:
     """Unique across routers and their processes; cheaper than 8 random bytes per request."""
     return f"{_TOKEN_PREFIX}{os.getpid():x}.{next(_TOKEN_COUNT):x}"
 
 
-class _HotScript:
+class HotScript:
     def __init__(self, redis: Any, lane: RedisLane | None, text: str) -> None:
         self.lane = lane
         # The lane's Script, or redis-py's AsyncScript when routers run without the lane.
@@ -261,9 +261,9 @@ class ClusterState:
         self.redis = redis
         # The scripts every request runs go through the lean lane when there is one.
         self.lane = lane
-        self._acquire = _HotScript(redis, lane, _ACQUIRE)
+        self._acquire = HotScript(redis, lane, _ACQUIRE)
         self._place = redis.register_script(_PLACE)
-        self._release = _HotScript(redis, lane, _RELEASE)
+        self._release = HotScript(redis, lane, _RELEASE)
         self._claim = redis.register_script(_CLAIM_UNLOAD)
         self._enqueue = redis.register_script(_ENQUEUE)
         self._keep_place = redis.register_script(_KEEP_PLACE)
@@ -281,7 +281,7 @@ class ClusterState:
         self._unreleased: list[tuple[str, str, int, str]] = []
 
     def _take(self, worker: str, model: str) -> str:
-        slot = f"{worker} {model} {_token()}"
+        slot = f"{worker} {model} {request_token()}"
         self._held.setdefault((worker, model), []).append(slot)
         return slot
 
@@ -304,7 +304,7 @@ class ClusterState:
 
     async def adopt(self, worker: str, model: str) -> str | None:
         """A slot in Redis for a request already running there; None if the placement is gone."""
-        slot = f"{worker} {model} {_token()}"
+        slot = f"{worker} {model} {request_token()}"
         keys = [placed_key(worker), inflight_key(worker), SLOTS]
         return slot if await self._adopt(keys=keys, args=[model, now_ms() + SLOT_LEASE_MS, slot]) else None
 
@@ -343,7 +343,7 @@ class ClusterState:
     async def acquire(self, model: str, workers: list[WorkerInfo], affinity: str = "") -> str | None:
         """A slot on the least loaded worker holding ``model``; ``affinity`` (a conversation's
         key, from ``affinity_key``) breaks ties towards the worker that last served it."""
-        token = _token()
+        token = request_token()
         key = f"{PREFIX}affinity:{model}:{affinity}" if affinity else ""
         args: list[Any] = [model, now_ms(), SLOT_LEASE_MS, token, key, AFFINITY_TTL_S]
         for worker in workers:
@@ -407,7 +407,7 @@ class ClusterState:
 
     async def enqueue(self, model: str, limit: int) -> str | None:
         """A place in the model's queue (renew it with ``keep_place``), or None when the queue is full."""
-        place = _token()
+        place = request_token()
         joined = await self._enqueue(keys=[queue_key(model)], args=[limit, now_ms(), QUEUE_LEASE_MS, place])
         return place if joined else None
 

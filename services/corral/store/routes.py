@@ -24,6 +24,7 @@ from corral.api.http import (
     read_json,
     until_disconnect,
 )
+from corral.cluster import tenants
 from corral.store.model_store import ModelStore
 from corral.store.pull import Registries, pull_model, push_model
 
@@ -43,13 +44,19 @@ ModelsDep = Annotated[Models, Depends(get_models)]
 router = APIRouter()
 
 
+async def _visible_tags(request: Request, store: ModelStore) -> list[dict]:
+    """The models the request's API key may use (every model without keys)."""
+    return [entry for entry in await store.tags() if tenants.may_use(request.scope, entry["name"])]
+
+
 @router.get("/v1/models")
-async def openai_models(state: ModelsDep) -> Response:
-    return json_response(openai.model_list(await state.store.tags()))
+async def openai_models(request: Request, state: ModelsDep) -> Response:
+    return json_response(openai.model_list(await _visible_tags(request, state.store)))
 
 
 @router.get("/v1/models/{model:path}")
-async def openai_model(model: str, state: ModelsDep) -> Response:
+async def openai_model(model: str, request: Request, state: ModelsDep) -> Response:
+    tenants.require_model(request.scope, model)
     for entry in await state.store.tags():
         if model in (entry["name"], entry["model"]) or entry["name"] == f"{model}:latest":
             return json_response(openai.model_object(entry, id=model))
@@ -57,8 +64,8 @@ async def openai_model(model: str, state: ModelsDep) -> Response:
 
 
 @router.api_route("/api/tags", methods=["GET", "HEAD"])
-async def tags(state: ModelsDep) -> Response:
-    return json_response({"models": await state.store.tags()})
+async def tags(request: Request, state: ModelsDep) -> Response:
+    return json_response({"models": await _visible_tags(request, state.store)})
 
 
 @router.post("/api/show")
@@ -67,6 +74,7 @@ async def show(request: Request, state: ModelsDep) -> Response:
     name = body.get("model") or body.get("name")
     if not name:
         raise BadRequestError("model is required")
+    tenants.require_model(request.scope, name)
     return json_response(await state.store.show(name, verbose=bool(body.get("verbose"))))
 
 

@@ -32,6 +32,7 @@ from corral.worker.routes import router
 from corral.worker.scheduler import Loaded, Scheduler
 from corral.worker.settings import WorkerSettings
 from corral.worker.state import WorkerState
+from corral.worker.tenancy import ClusterTokenMiddleware, UsageReporter
 
 logger = logging.getLogger(__name__)
 
@@ -164,8 +165,9 @@ def create_app(settings: WorkerSettings) -> FastAPI:
             on_reject=metrics.rejections.inc,
         )
         store, models = cluster_stores(settings, local, registries, inspector, scheduler)
+        usage = UsageReporter(settings.REDIS_URL, metrics) if settings.REDIS_URL else None
         inference = Inference(
-            store=models, scheduler=scheduler, settings=settings, metrics=metrics, inspector=inspector
+            store=models, scheduler=scheduler, settings=settings, metrics=metrics, inspector=inspector, usage=usage
         )
         app.state.worker = app.state.models = WorkerState(settings, store, scheduler, inference, metrics, registries)
         try:
@@ -173,6 +175,8 @@ def create_app(settings: WorkerSettings) -> FastAPI:
                 yield
         finally:
             await scheduler.close()
+            if usage is not None:
+                await usage.close()
 
     app = FastAPI(title="Corral worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.registration = registration
@@ -181,4 +185,6 @@ def create_app(settings: WorkerSettings) -> FastAPI:
     serve_ollama_api(app, settings, metrics)
     if settings.CORRAL_REGISTRY_URL:
         app.add_middleware(ModelsGenerationMiddleware)
+    if settings.cluster_token:
+        app.add_middleware(ClusterTokenMiddleware, token=settings.cluster_token)
     return app

@@ -65,9 +65,18 @@ class Model:
 
 class Inference:
     def __init__(
-        self, *, store: Any, scheduler: Scheduler, settings: WorkerSettings, metrics: WorkerMetrics, inspector: Any
+        self,
+        *,
+        store: Any,
+        scheduler: Scheduler,
+        settings: WorkerSettings,
+        metrics: WorkerMetrics,
+        inspector: Any,
+        usage: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.store = store
+        # Told each request's tokens (model, prompt, generated), for the key that made it.
+        self.usage = usage or (lambda model, prompt, generated: None)
         self.scheduler = scheduler
         self.settings = settings
         self.metrics = metrics
@@ -576,6 +585,7 @@ class Inference:
             }
         )
         self.metrics.tokens_out.labels(model_label).inc(stats.generated_tokens)
+        self.usage(model_label, stats.prompt_tokens, stats.generated_tokens)
         yield final
 
     @staticmethod
@@ -688,6 +698,7 @@ class Inference:
         result = await future
         if isinstance(result, Exception):
             raise CorralError(str(result)) from result
+        self.usage(lease.runner.name, sum(map(len, token_lists)), 0)
         return result
 
 

@@ -31,6 +31,13 @@ class WorkerMetrics:
         )
         self.tokens_in = Counter("corral_worker_prompt_tokens_total", "Prompt tokens processed", ["model"], registry=r)
         self.tokens_out = Counter("corral_worker_generated_tokens_total", "Tokens generated", ["model"], registry=r)
+        # With API keys on (CORRAL_AUTH=keys on the routers): each key's tokens, by its name.
+        self.key_tokens = Counter(
+            "corral_worker_key_tokens_total",
+            "Tokens of requests made with an API key, by key name, model and kind (prompt, generated)",
+            ["key", "model", "kind"],
+            registry=r,
+        )
         self.slots_busy = Gauge("corral_worker_slots_busy", "Requests running per model", ["model"], registry=r)
         self.slots_total = Gauge("corral_worker_slots", "Parallel slots per loaded model", ["model"], registry=r)
         self.queue_depth = Gauge("corral_worker_queue_depth", "Requests waiting for a slot or a load", registry=r)
