@@ -43,6 +43,8 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corral.store.manifest import file_digest  # noqa: E402
@@ -114,6 +116,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also write py-spy's raw collapsed stacks here (for flamegraph.pl / speedscope)",
     )
     p.add_argument(
+        "--auth",
+        action="store_true",
+        help="part 2: also run a router with API keys on (CORRAL_AUTH=keys, a user key with an rpm "
+        "limit) at the same connections, for the cost of admitting a key",
+    )
+    p.add_argument(
         "--split",
         action="store_true",
         help="part 1: also measure the router alone and nginx alone in front of the worker",
@@ -169,7 +177,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-_ARG_KEYS = ("streams", "tokens", "rounds", "wrk_seconds", "fake_workers", "profile_connections", "pin", "split")
+_ARG_KEYS = (
+    "streams",
+    "tokens",
+    "rounds",
+    "wrk_seconds",
+    "fake_workers",
+    "profile_connections",
+    "pin",
+    "split",
+    "auth",
+)
+BENCH_ADMIN_KEY = "bench-admin-key-0123456789"
 
 
 def rebuild(args: argparse.Namespace) -> int:
@@ -412,23 +431,52 @@ def main(argv: list[str] | None = None) -> int:
                     **common,
                 )
             )
-            for c in args.connection_list:
-                for i in range(args.wrk_repeats):
-                    phase = f"wrk against the router, {c} connections, run {i + 1}"
-                    record(
-                        run_wrk(
-                            f"router, non-streamed, c={c}",
-                            "router",
-                            router.url + "/api/generate",
-                            script,
-                            stream=False,
-                            tokens=1,
-                            connections=c,
-                            router_pid=rpid,
-                            upstream_port=upstream,
-                            **common,
+
+            def against(target: str, url: str, wrk_lua: Path, pid: int) -> None:
+                """Non-streamed runs at every --connections, --wrk-repeats times each."""
+                nonlocal phase
+                for c in args.connection_list:
+                    for i in range(args.wrk_repeats):
+                        phase = f"wrk against the {target}, {c} connections, run {i + 1}"
+                        record(
+                            run_wrk(
+                                f"{target}, non-streamed, c={c}",
+                                target,
+                                url + "/api/generate",
+                                wrk_lua,
+                                stream=False,
+                                tokens=1,
+                                connections=c,
+                                router_pid=pid,
+                                upstream_port=upstream,
+                                **common,
+                            )
                         )
-                    )
+
+            against("router", router.url, script, rpid)
+            if args.auth:
+                phase = "a router with API keys"
+                keyed = start(
+                    Router(
+                        tmp,
+                        "router-keys",
+                        redis.redis_url(1),
+                        registry.url,
+                        {"CORRAL_AUTH": "keys", "CORRAL_ADMIN_KEY": BENCH_ADMIN_KEY},
+                    ),
+                    "router-keys",
+                )
+                made = httpx.post(
+                    keyed.url + "/api/cluster/keys",
+                    json={"name": "bench", "rpm": 100_000_000},
+                    headers={"Authorization": f"Bearer {BENCH_ADMIN_KEY}"},
+                    timeout=SMALL_TIMEOUT_S,
+                )
+                made.raise_for_status()
+                keyed_script = wrk_script(tmp, stream=False, key=made.json()["key"])
+                against("router with keys", keyed.url, keyed_script, keyed.worker_pid())
+                stop(keyed)
+
             phase = "py-spy profile of the router"
             profile, run = profile_router(
                 tmp,

@@ -468,7 +468,7 @@ def build_report(
             out.append(
                 f"| {r.label} | {r.target} | {'yes' if r.stream else 'no'}, {r.tokens} | {r.connections} "
                 f"| **{r.rps:,.0f}** | {fmt(r.p50_ms, 1)} | {fmt(r.p90_ms, 1)} | {fmt(r.p99_ms, 1)} "
-                f"| {fmt(r.p999_ms, 1)} | {errs} | {fmt(r.ms_per_request, 2) if r.target == 'router' else '–'} "
+                f"| {fmt(r.p999_ms, 1)} | {errs} | {fmt(r.ms_per_request, 2) if r.target.startswith('router') else '–'} "
                 f"| {r.upstream_conns if r.upstream_conns is not None else '–'} | {cores} | {others} |"
             )
         out.append("")
@@ -478,6 +478,8 @@ def build_report(
             f"fake worker, Redis and wrk; *router CPU ms/req* is what one request costs the router process "
             f"whatever the machine, so 1000 ÷ it is the most one fully busy core could serve.\n"
         )
+
+    out.extend(_auth_section(wrk_runs))
 
     # -- profile
     out.append("## 3. Where the router's CPU goes (py-spy) — analysis\n")
@@ -513,3 +515,38 @@ def build_report(
     )
     ok = all(v == "**PASS**" for v in (v_token, v_path, rps_verdict))
     return "\n".join(out) + "\n", ok
+
+
+AUTH_TARGET_RATIO = 1.10  # issue 18: admitting a key adds at most 10% to the router's CPU per request
+
+
+def _auth_section(wrk_runs: list[WrkRun]) -> list[str]:
+    """``--auth``: the router's CPU per request with API keys on against off, connection for connection."""
+    keyed = [r for r in wrk_runs if r.target == "router with keys"]
+    if not keyed:
+        return []
+    out = [
+        "### API keys on against off (`--auth`)\n",
+        "The same router build and fake worker; the keyed router runs `CORRAL_AUTH=keys` and wrk sends a "
+        "user key with an rpm limit, so every request runs the admission script (one Redis round trip: the "
+        "key's record, its rpm window) and, when it ends, its usage update.\n",
+        "| conns | req/s off | req/s keys | router CPU ms/req off | keys | **keys ÷ off** | target ≤ "
+        f"{AUTH_TARGET_RATIO:.2f}× and ≥ {TARGET_RPS:,.0f} req/s |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in sorted({r.connections for r in keyed}):
+        off = [r for r in wrk_runs if r.target == "router" and not r.stream and r.connections == c
+               and "py-spy" not in r.label]
+        on = [r for r in keyed if r.connections == c]
+        if not off:
+            continue
+        ms_off, ms_on = median([r.ms_per_request for r in off]), median([r.ms_per_request for r in on])
+        rps_off, rps_on = median([r.rps for r in off]), median([r.rps for r in on])
+        ratio = ms_on / ms_off if ms_off else float("nan")
+        ok = ratio <= AUTH_TARGET_RATIO and rps_on >= TARGET_RPS
+        out.append(
+            f"| {c} | {rps_off:,.0f} | {rps_on:,.0f} | {fmt(ms_off, 3)} | {fmt(ms_on, 3)} | **{ratio:.2f}** "
+            f"| {'**PASS**' if ok else '**FAIL**'} |"
+        )
+    out.append("")
+    return out

@@ -86,7 +86,9 @@ class Router(Service):
 
     name = "router"
 
-    def __init__(self, tmp: Path, label: str, redis_url: str, registry_url: str) -> None:
+    def __init__(
+        self, tmp: Path, label: str, redis_url: str, registry_url: str, extra_env: dict[str, str] | None = None
+    ) -> None:
         port = free_port()
         home = tmp / label
         (home / "metrics").mkdir(parents=True)
@@ -100,6 +102,7 @@ class Router(Service):
                 "CORRAL_ROUTER_PROCESSES": "1",
                 "OLLAMA_KEEP_ALIVE": "-1",
                 "OLLAMA_CONTEXT_LENGTH": str(NUM_CTX),
+                **(extra_env or {}),
             }
         )
         entry = Path(sys.executable).parent / "corral"

@@ -63,10 +63,12 @@ class WrkRun:
         return sum(self.errors.values())
 
 
-def wrk_script(tmp: Path, stream: bool) -> Path:
+def wrk_script(tmp: Path, stream: bool, key: str = "") -> Path:
+    """wrk's script: the request (with ``key`` as a bearer token, if given) and the JSON summary."""
     body = json.dumps({"model": FAKE_MODEL, "prompt": "hi", "stream": stream}, separators=(",", ":"))
-    path = tmp / f"wrk-{'stream' if stream else 'nostream'}.lua"
-    path.write_text(WRK_SCRIPT % body)
+    path = tmp / f"wrk-{'stream' if stream else 'nostream'}{'-key' if key else ''}.lua"
+    auth = f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else ""
+    path.write_text(auth + WRK_SCRIPT % body)
     return path
 
 
