@@ -20,6 +20,7 @@ was reached, never by a request admitted after.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -48,10 +49,10 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Routers tell workers whose request it is (the key's id and name), so that the worker
 # reports its tokens to that key; workers trust it because it comes with the cluster token.
 TENANT_HEADER = "x-corral-tenant"
-# Where a router's request scope holds the admitted ``Tenant`` (absent with CORRAL_AUTH=off).
+# Where a router's request scope holds the admitted ``Tenant`` (absent with CORRAL_AUTH=off),
+# and for an inference request its ``Usage``.
 TENANT_SCOPE = "corral.tenant"
-# And the model an inference request is for, once its body is read (what its usage counts under).
-MODEL_SCOPE = "corral.model"
+USAGE_SCOPE = "corral.usage"
 CLUSTER_TOKEN_HEADER = "x-corral-cluster-token"
 
 
@@ -127,12 +128,21 @@ class Tenant:
 
 def model_key(name: Any) -> str | None:
     """How an allow-list compares names: ``m`` is ``m:latest``, case does not count (as in Ollama)."""
-    return ModelName.parse(name).casefold_key() if isinstance(name, str) and is_valid_name(name) else None
+    return _names(name)[0] if isinstance(name, str) else None
 
 
 def display_name(name: Any) -> str:
     """A model's name as usage and metrics show it (``m`` is ``m:latest``); ``-`` for none."""
-    return ModelName.parse(name).display if isinstance(name, str) and is_valid_name(name) else "-"
+    return _names(name)[1] if isinstance(name, str) else "-"
+
+
+@functools.lru_cache(maxsize=4096)
+def _names(name: str) -> tuple[str | None, str]:
+    # Parsed once per distinct name: every admitted inference request asks for both.
+    if not is_valid_name(name):
+        return None, "-"
+    parsed = ModelName.parse(name)
+    return parsed.casefold_key(), parsed.display
 
 
 def tenant_of(scope: Any) -> Tenant | None:
@@ -215,14 +225,21 @@ end
 return {'ok', record, 0}
 """
 
+
 # A key's request has ended: out of flight, and counted. KEYS: flight, usage hour.
-# ARGV: request token, "<name>\t<model>\t", 1 if it failed, usage TTL (s).
-FINISH = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HINCRBY', KEYS[2], ARGV[2] .. 'requests', 1)
-if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], ARGV[2] .. 'errors', 1) end
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+# ARGV: request token, "<name>\t<model>\t", 1 if it failed, usage TTL (s). Run on its own
+# (``FINISH``) or at the end of the script that gives a slot back (router/state.py's release),
+# with KEYS and ARGV offset: ``finish_lua(k, a)`` names them from KEYS[k+1] and ARGV[a+1].
+def finish_lua(k: int, a: int) -> str:
+    return f"""
+redis.call('ZREM', KEYS[{k + 1}], ARGV[{a + 1}])
+redis.call('HINCRBY', KEYS[{k + 2}], ARGV[{a + 2}] .. 'requests', 1)
+if ARGV[{a + 3}] == '1' then redis.call('HINCRBY', KEYS[{k + 2}], ARGV[{a + 2}] .. 'errors', 1) end
+redis.call('EXPIRE', KEYS[{k + 2}], tonumber(ARGV[{a + 4}]))
 """
+
+
+FINISH = finish_lua(0, 0)
 
 # A worker reports the tokens one request took. KEYS: tpm, usage hour.
 # ARGV: now (ms), prompt tokens, generated tokens, "<name>\t<model>\t", window (ms), usage TTL (s).
@@ -257,6 +274,20 @@ redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('DEL', 'corral:apikey:' .. id, 'corral:rpm:' .. id, 'corral:tpm:' .. id, 'corral:flight:' .. id)
 return 1
 """
+
+
+@dataclass
+class Usage:
+    """One admitted inference request's accounting, from admission to its end."""
+
+    tenant: Tenant
+    token: str  # its member in the key's flight (and rpm) window
+    model: str = "-"  # as usage shows it, once the body is read
+    recorded: bool = False  # its end was written (with its slot's release)
+
+    def finish_keys_args(self, failed: bool) -> tuple[list[str], list[Any]]:
+        keys = [flight_key(self.tenant.id), usage_key(hour_of(now_ms()))]
+        return keys, [self.token, usage_prefix(self.tenant.name, self.model), 1 if failed else 0, USAGE_TTL_S]
 
 
 def usage_prefix(name: str, model: str) -> str:

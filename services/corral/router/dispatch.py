@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 from corral.api.durations import DurationError, parse_keep_alive
 from corral.api.errors import CorralError, NotFoundError, RequestCanceledError, ServerBusyError, UpstreamError
 from corral.api.gojson import dumps
-from corral.cluster.tenants import CLUSTER_TOKEN_HEADER, TENANT_HEADER, Tenant
+from corral.cluster.tenants import CLUSTER_TOKEN_HEADER, TENANT_HEADER, Tenant, Usage
 from corral.cluster.workers import (
     MODELS_GENERATION_HEADER,
     STATE_READY,
@@ -430,11 +430,17 @@ class Dispatcher:
         finally:
             await self.state.unlock(token)
 
-    async def finish(self, worker: WorkerInfo, model: str, keep_alive: float | None) -> None:
+    async def finish(
+        self, worker: WorkerInfo, model: str, keep_alive: float | None, usage: Usage | None = None, failed: bool = False
+    ) -> None:
+        """Give the slot back; with ``usage`` (a keyed request), write its end in the same script."""
         if self.offline.release(worker.id, model, expires_at(keep_alive)):
             return  # a slot taken while Redis was away (its keep-alive is set when Redis is back)
         try:
-            remaining = await self.state.release(worker.id, model, expires_at(keep_alive))
+            told = usage.finish_keys_args(failed) if usage is not None and not usage.recorded else None
+            remaining = await self.state.release(worker.id, model, expires_at(keep_alive), told)
+            if usage is not None and told is not None:
+                usage.recorded = True
             if (
                 keep_alive == 0
                 and remaining == 0

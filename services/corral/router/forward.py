@@ -73,16 +73,18 @@ class ForwardEndpoint:
         try:
             body = await decode_json(await _read_body(receive), self.shape)
             tenant = tenants.tenant_of(scope)
+            usage = scope.get(tenants.USAGE_SCOPE)
             if tenant is not None:
                 model = body.get("model")
                 tenants.require_model(scope, model)
-                scope[tenants.MODEL_SCOPE] = tenants.display_name(model)
+                if usage is not None:
+                    usage.model = tenants.display_name(model)
             watcher = asyncio.ensure_future(_watch(receive, client))
             answer = await dispatcher.forward(client, self.path, body, tenant)
             if isinstance(answer, Relayed):
                 await relayed_response(answer)(scope, receive, send)
             else:
-                await _relay(answer, dispatcher, client, send, scope.get(RAW_SEND))
+                await _relay(answer, dispatcher, client, send, scope.get(RAW_SEND), usage)
         except CorralError as exc:
             await answer_error(scope["method"], self.path, exc)(scope, receive, send)
         finally:
@@ -116,7 +118,12 @@ async def _watch(receive: Receive, client: Downstream) -> None:
 
 
 async def _relay(
-    answer: Forwarded, dispatcher: Dispatcher, client: Downstream, send: Send, raw_send: Send | None
+    answer: Forwarded,
+    dispatcher: Dispatcher,
+    client: Downstream,
+    send: Send,
+    raw_send: Send | None,
+    usage: tenants.Usage | None = None,
 ) -> None:
     reply = answer.reply
     headers = [(k, v) for k, v in reply.headers if k not in _HOP]
@@ -128,7 +135,7 @@ async def _relay(
         nonlocal released
         if not released:
             released = True
-            await dispatcher.finish(answer.worker, answer.model, answer.keep_alive)
+            await dispatcher.finish(answer.worker, answer.model, answer.keep_alive, usage, answer.reply.status >= 400)
 
     try:
         if reply.complete:  # not streamed: the whole body is here already

@@ -48,6 +48,19 @@ class _Protocol(asyncio.Protocol):
         # Set by connection_made, which the event loop calls before the connection is handed out.
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.broken: Exception | None = None
+        # Commands written in one turn of the event loop go out in one write (one system call,
+        # not one per command: under load, many requests' commands meet in the same turn).
+        self.outgoing: list[bytes] = []
+
+    def queue(self, packed: bytes) -> None:
+        if not self.outgoing:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.outgoing.append(packed)
+
+    def flush(self) -> None:
+        data, self.outgoing = b"".join(self.outgoing), []
+        if self.broken is None:
+            self.transport.write(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream's transport is a Transport
@@ -120,7 +133,7 @@ class RedisLane:
     async def _send(self, conn: _Protocol, packed: bytes) -> Any:
         waiter = asyncio.get_running_loop().create_future()
         conn.pending.append(waiter)
-        conn.transport.write(packed)
+        conn.queue(packed)
         handle = asyncio.get_running_loop().call_later(
             self.timeout, _expire, conn, waiter, RedisTimeoutError("Timeout reading from Redis")
         )

@@ -34,6 +34,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from corral.cluster.tenants import finish_lua
 from corral.cluster.workers import PREFIX, WorkerInfo, now_ms
 from corral.router.redis_lane import RedisLane, Script
 
@@ -129,6 +130,8 @@ return 1
 
 # Give a slot back and set the keep-alive expiry. KEYS: placed, inflight, used, slots.
 # ARGV: model, now, expires_at (-1 never), slot. A slot whose lease lapsed was given back already.
+# With API keys, the request's end is written in the same round trip (``_RELEASE_USAGE``: KEYS
+# and ARGV 5-8 as corral.cluster.tenants.FINISH's).
 _RELEASE = """
 local n = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if redis.call('ZREM', KEYS[4], ARGV[4]) == 1 then
@@ -144,6 +147,7 @@ if raw then
 end
 return math.max(n, 0)
 """
+_RELEASE_USAGE = _RELEASE.replace("return math.max(n, 0)", finish_lua(4, 4) + "return math.max(n, 0)")
 
 # Remove a placement only if nothing runs on it and (when asked) its keep-alive passed.
 # KEYS: placed, inflight, used; ARGV: model, now, check_expiry (1/0). Returns 1 when claimed.
@@ -237,11 +241,14 @@ return 0
 
 _TOKEN_PREFIX = secrets.token_hex(6)
 _TOKEN_COUNT = itertools.count()
+# This process's id, read once (os.getpid is a system call) and again in a forked child (gunicorn's workers).
+_PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 
 def request_token() -> str:
     """Unique across routers and their processes; cheaper than 8 random bytes per request."""
-    return f"{_TOKEN_PREFIX}{os.getpid():x}.{next(_TOKEN_COUNT):x}"
+    return f"{_TOKEN_PREFIX}{_PID[0]:x}.{next(_TOKEN_COUNT):x}"
 
 
 class HotScript:
@@ -264,6 +271,7 @@ class ClusterState:
         self._acquire = HotScript(redis, lane, _ACQUIRE)
         self._place = redis.register_script(_PLACE)
         self._release = HotScript(redis, lane, _RELEASE)
+        self._release_usage = HotScript(redis, lane, _RELEASE_USAGE)
         self._claim = redis.register_script(_CLAIM_UNLOAD)
         self._enqueue = redis.register_script(_ENQUEUE)
         self._keep_place = redis.register_script(_KEEP_PLACE)
@@ -365,12 +373,18 @@ class ClusterState:
             args=[model, record, now, now + SLOT_LEASE_MS, slot],
         )
 
-    async def release(self, worker: str, model: str, expires_at: int) -> int:
+    async def release(
+        self, worker: str, model: str, expires_at: int, usage: tuple[list[str], list[Any]] | None = None
+    ) -> int:
         """Give the slot back; returns how many requests still run on that placement. A slot
         Redis could not be told about is kept for ``release_pending`` (after an outage), so it
-        does not count as running until its lease lapses."""
+        does not count as running until its lease lapses. ``usage``: a keyed request's end
+        (``Usage.finish_keys_args``), written in the same script."""
         slot = self._give_back(worker, model)
         try:
+            if usage is not None:
+                keys = [placed_key(worker), inflight_key(worker), used_key(worker), SLOTS, *usage[0]]
+                return int(await self._release_usage(keys=keys, args=[model, now_ms(), expires_at, slot, *usage[1]]))
             return await self._release_slot(worker, model, expires_at, slot)
         except RedisError:
             if len(self._unreleased) < MAX_UNRELEASED:

@@ -110,8 +110,12 @@ class Gate:
         self.admin = Tenant(id=tenants.key_id(settings.CORRAL_ADMIN_KEY), name=tenants.ADMIN_NAME, admin=True)
         self.flight_limit = settings.key_flight_limit
         self._admit = HotScript(redis, lane, tenants.ADMIT)
-        self._finish = redis.register_script(tenants.FINISH)
+        # Both scripts run once per request: through the lean lane (redis_lane.py), as placement's do.
+        self._finish = HotScript(redis, lane, tenants.FINISH)
         self._remembered: OrderedDict[str, tuple[Tenant, float]] = OrderedDict()
+        # Records as Redis returns them -> parsed: a key's record changes only when it is remade.
+        self._parsed: dict[str, Tenant] = {}
+        self._children: dict[tuple[str, str, str], Any] = {}
         self._pending: set[asyncio.Task] = set()
 
     async def admit(self, secret: str, token: str, *, inference: bool) -> Tenant:
@@ -146,7 +150,7 @@ class Gate:
         if verdict == "unknown":
             self.metrics.key_rejections.labels("", "unknown").inc()
             raise UnauthorizedError("unauthorized: invalid API key")
-        tenant = Tenant.from_record(json.loads(_text(record)))
+        tenant = self._tenant(_text(record))
         self._remember(tenant)
         if verdict == "ok":
             return tenant
@@ -170,6 +174,23 @@ class Gate:
             limit="requests",
         )
 
+    def _counter(self, name: str, model: str, outcome: str) -> Any:
+        """``key_requests``' child for these labels, looked up once (``labels`` costs µs a call)."""
+        child = self._children.get((name, model, outcome))
+        if child is None:
+            if len(self._children) >= MAX_REMEMBERED:
+                self._children.clear()
+            child = self._children[name, model, outcome] = self.metrics.key_requests.labels(name, model, outcome)
+        return child
+
+    def _tenant(self, record: str) -> Tenant:
+        tenant = self._parsed.get(record)
+        if tenant is None:
+            if len(self._parsed) >= MAX_REMEMBERED:
+                self._parsed.clear()
+            tenant = self._parsed[record] = Tenant.from_record(json.loads(record))
+        return tenant
+
     def reject(self, tenant: Tenant, reason: str) -> None:
         self.metrics.key_rejections.labels(tenant.name, reason).inc()
 
@@ -185,24 +206,27 @@ class Gate:
             return known[0]
         raise ClusterUnavailableError(f"cannot check the API key: redis is unreachable ({exc})") from exc
 
-    def finish(self, tenant: Tenant, token: str, model: str, failed: bool) -> None:
-        """The end of an inference request: counted, and out of the key's flight (in the background)."""
-        self.metrics.key_requests.labels(tenant.name, model, "error" if failed else "ok").inc()
-        if len(self._pending) >= MAX_PENDING_FINISHES:
-            logger.warning("usage of key %s dropped: %d updates already wait on Redis", tenant.name, len(self._pending))
+    def finish(self, usage: tenants.Usage, failed: bool) -> None:
+        """The end of an inference request: counted, and out of the key's flight. Usually written
+        with its slot's release (dispatch.py); else here, in the background (a request that
+        never held a slot: refused, unknown model, queue full)."""
+        name = usage.tenant.name
+        self._counter(name, usage.model, "error" if failed else "ok").inc()
+        if usage.recorded:
             return
-        task = asyncio.get_running_loop().create_task(self._record(tenant, token, model, failed))
+        if len(self._pending) >= MAX_PENDING_FINISHES:
+            logger.warning("usage of key %s dropped: %d updates already wait on Redis", name, len(self._pending))
+            return
+        task = asyncio.get_running_loop().create_task(self._record(usage, failed))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _record(self, tenant: Tenant, token: str, model: str, failed: bool) -> None:
+    async def _record(self, usage: tenants.Usage, failed: bool) -> None:
+        keys, args = usage.finish_keys_args(failed)
         try:
-            await self._finish(
-                keys=[tenants.flight_key(tenant.id), tenants.usage_key(tenants.hour_of(tenants.now_ms()))],
-                args=[token, tenants.usage_prefix(tenant.name, model), 1 if failed else 0, tenants.USAGE_TTL_S],
-            )
+            await self._finish(keys=keys, args=args)
         except RedisError as exc:
-            logger.warning("usage of key %s not recorded: %s", tenant.name, exc)
+            logger.warning("usage of key %s not recorded: %s", usage.tenant.name, exc)
 
 
 def _text(value: Any) -> str:
@@ -235,6 +259,7 @@ class AuthMiddleware:
         if not inference:
             await self.app(scope, receive, send)
             return
+        usage = scope[tenants.USAGE_SCOPE] = tenants.Usage(tenant, token)
         watch = StatusWatch(send)
         try:
             await self.app(scope, receive, watch)
@@ -242,7 +267,7 @@ class AuthMiddleware:
             status = watch.status
             if status == 403:  # its model is not on its list (require_model)
                 gate.reject(tenant, "model")
-            gate.finish(tenant, token, scope.get(tenants.MODEL_SCOPE) or "-", failed=status == 0 or status >= 400)
+            gate.finish(usage, failed=status == 0 or status >= 400)
 
 
 # -- the admin API ---------------------------------------------------------------------------
