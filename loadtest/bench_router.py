@@ -432,28 +432,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
 
-            def against(target: str, url: str, wrk_lua: Path, pid: int) -> None:
-                """Non-streamed runs at every --connections, --wrk-repeats times each."""
-                nonlocal phase
-                for c in args.connection_list:
-                    for i in range(args.wrk_repeats):
-                        phase = f"wrk against the {target}, {c} connections, run {i + 1}"
-                        record(
-                            run_wrk(
-                                f"{target}, non-streamed, c={c}",
-                                target,
-                                url + "/api/generate",
-                                wrk_lua,
-                                stream=False,
-                                tokens=1,
-                                connections=c,
-                                router_pid=pid,
-                                upstream_port=upstream,
-                                **common,
-                            )
-                        )
-
-            against("router", router.url, script, rpid)
+            # The routers measured: without keys, and (--auth) with keys, taking turns run by run
+            # so that drift on the machine falls on both alike.
+            targets = [("router", router.url, script, rpid)]
+            keyed = None
             if args.auth:
                 phase = "a router with API keys"
                 keyed = start(
@@ -474,7 +456,46 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 made.raise_for_status()
                 keyed_script = wrk_script(tmp, stream=False, key=made.json()["key"])
-                against("router with keys", keyed.url, keyed_script, keyed.worker_pid())
+                targets.append(("router with keys", keyed.url, keyed_script, keyed.worker_pid()))
+            for c in args.connection_list:
+                for i in range(args.wrk_repeats):
+                    for target, url, wrk_lua, pid in targets:
+                        phase = f"wrk against the {target}, {c} connections, run {i + 1}"
+                        record(
+                            run_wrk(
+                                f"{target}, non-streamed, c={c}",
+                                target,
+                                url + "/api/generate",
+                                wrk_lua,
+                                stream=False,
+                                tokens=1,
+                                connections=c,
+                                router_pid=pid,
+                                upstream_port=upstream,
+                                **common,
+                            )
+                        )
+            if keyed is not None:
+                phase = "py-spy profile of the router with keys"
+                profile, run = profile_router(
+                    tmp,
+                    f"router with keys, non-streamed, c={args.profile_connections}, py-spy attached",
+                    keyed,
+                    keyed.url + "/api/generate",
+                    keyed_script,
+                    stream=False,
+                    tokens=1,
+                    connections=args.profile_connections,
+                    seconds=args.wrk_seconds,
+                    meter=meter,
+                    deadline=deadline,
+                    raw_out=args.profile_out.with_name(args.profile_out.stem + "-keys" + args.profile_out.suffix)
+                    if args.profile_out
+                    else None,
+                    upstream_port=upstream,
+                )
+                profiles["keys"] = profile
+                record(run)
                 stop(keyed)
 
             phase = "py-spy profile of the router"

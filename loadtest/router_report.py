@@ -485,7 +485,11 @@ def build_report(
     out.append("## 3. Where the router's CPU goes (py-spy) — analysis\n")
     if not profiles:
         out.append("Not measured.\n")
-    for key, title in (("nostream", "Non-streamed requests"), ("stream", "Streamed requests")):
+    for key, title in (
+        ("nostream", "Non-streamed requests"),
+        ("keys", "Non-streamed requests, API keys on"),
+        ("stream", "Streamed requests"),
+    ):
         if key in profiles:
             out.extend(
                 render_profile(
