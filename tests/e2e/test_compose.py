@@ -20,6 +20,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -265,3 +266,35 @@ def test_every_dashboard_query_returns_data(stack: Stack):
                                         set(dashboards.load()) - dashboards.KEYS_ONLY)
         assert not problems, "dashboard queries without data:\n" + "\n".join(
             f"  {query}\n      -> {problem}" for query, problem in problems.items())
+
+
+def test_api_keys_on_the_same_stack(stack: Stack):
+    """Last: `CORRAL_AUTH=keys` and `CORRAL_ADMIN_KEY`, nothing else, on the running stack (routers
+    and workers recreated, as `docker compose up -d` after editing .env does)."""
+    admin = "e2e-admin-key-0123456789"
+    with stack.explained():
+        keyed = {**stack.env, "CORRAL_AUTH": "keys", "CORRAL_ADMIN_KEY": admin}
+        plain, stack.env = stack.env, keyed
+        try:
+            stack.compose("up", "-d", "--no-build", "router", "worker")
+            stack.wait_healthy(["router", "worker", "nginx"])
+        finally:
+            stack.env = plain
+        assert httpx.get(stack.endpoint + "/api/version").status_code == 200
+        r = httpx.get(stack.endpoint + "/api/tags", timeout=30)
+        assert (r.status_code, r.json()) == (401, {"error": "unauthorized: no API key (send Authorization: Bearer <key>)"})
+        made = subprocess.run(
+            [sys.executable, "-m", "corral.cli", "keys", "create", "e2e-user", "--models", MODEL_NAME],
+            env={**os.environ, "OLLAMA_HOST": stack.endpoint, "OLLAMA_API_KEY": admin},
+            capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+        client = ollama.Client(host=stack.endpoint, timeout=180, headers={"Authorization": f"Bearer {made.stdout.strip()}"})
+        assert [m.model for m in client.list().models] == [MODEL_NAME]
+        assert client.generate(model=MODEL_NAME, prompt="Hello", options={"num_predict": 4}).done
+        # A worker answers its routers only: reached from inside the network without the token, 401.
+        [router] = stack.containers("router")[:1]
+        probe = ("import urllib.request, urllib.error\n"
+                 "try:\n    urllib.request.urlopen('http://worker:11434/api/tags', timeout=10)\n"
+                 "except urllib.error.HTTPError as e:\n    print(e.code)\n")
+        code, out = router.exec_run(["python3", "-c", probe])
+        assert (code, out.decode().strip()) == (0, "401"), out
