@@ -265,13 +265,16 @@ def test_one_key_cannot_fill_the_queue_alone(cluster: Cluster) -> None:
 def test_a_revoked_key_stops_working_on_every_router_within_a_second(cluster: Cluster) -> None:
     key = new_key(cluster, "short-lived")
     urls = cluster.router_urls()
-    for url in urls:
+    for url in urls:  # each router has seen the key now (its inference requests are admitted with their slot)
         assert httpx.get(url + "/api/tags", headers=bearer(key)).status_code == 200
+        assert httpx.post(url + "/api/chat", json=CHAT, headers=bearer(key), timeout=120).status_code == 200
     r = httpx.request("DELETE", cluster.endpoint + "/api/cluster/keys", json={"name": "short-lived"}, headers=ADMIN)
     assert r.status_code == 200
     revoked = time.monotonic()
     for url in urls:
         assert_error(httpx.get(url + "/api/tags", headers=bearer(key)), 401, BAD_KEY)
+        assert_error(httpx.post(url + "/api/chat", json=CHAT, headers=bearer(key), timeout=120), 401, BAD_KEY)
+        assert_error(httpx.post(url + "/api/chat", content=b"{", headers=bearer(key)), 401, BAD_KEY)  # before its 400
     assert time.monotonic() - revoked < 1.0
     names = [k["name"] for k in httpx.get(cluster.endpoint + "/api/cluster/keys", headers=ADMIN).json()["keys"]]
     assert "short-lived" not in names

@@ -130,3 +130,39 @@ def test_the_tenant_header_is_parsed_strictly() -> None:
     assert tenants.parse_tenant_header(f"{KID} {NAME}") == (KID, NAME)
     for bad in ("", KID, f"{KID} ", f"{KID[:-1]} {NAME}", f"{KID} a b", f"{KID.upper()} {NAME}", f"{KID} -x"):
         assert tenants.parse_tenant_header(bad) is None, bad
+
+
+def test_a_seen_key_is_admitted_with_its_slot_and_a_refusal_takes_none(redis_server, redis_db: redis.Redis) -> None:
+    """router/state.py's admit-and-acquire script: the admission first, in the same round trip."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from corral.api.errors import RateLimitError, UnauthorizedError
+    from corral.cluster.workers import WorkerInfo
+    from corral.router.state import ClusterState, inflight_key, placed_key
+
+    make(redis_db, rpm=1)
+    tenant = tenants.Tenant.from_record(json.loads(redis_db.hget(tenants.KEYS, NAME)))
+    redis_db.hset(placed_key("w"), "m:latest", json.dumps({"size": 1, "since": 0, "expires_at": -1}))
+    worker = WorkerInfo(id="w", url="http://w", num_parallel=4)
+
+    async def main() -> None:
+        client = aioredis.from_url(redis_server.url)
+        try:
+            state = ClusterState(client)
+            first = tenants.Usage(tenant, "t1", flight_limit=4, admitted=False)
+            assert await state.acquire("m:latest", [worker], admission=first) == "w" and first.admitted
+            second = tenants.Usage(tenant, "t2", flight_limit=4, admitted=False)
+            with pytest.raises(RateLimitError, match="1 requests per minute"):
+                await state.acquire("m:latest", [worker], admission=second)
+            assert second.admitted and second.refused == "rpm"
+            assert int(await client.hget(inflight_key("w"), "m:latest")) == 1  # the refused one took no slot
+            redis_db.eval(tenants.REVOKE, 1, tenants.KEYS, NAME)
+            third = tenants.Usage(tenant, "t3", flight_limit=4, admitted=False)
+            with pytest.raises(UnauthorizedError):
+                await state.acquire("m:latest", [worker], admission=third)
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())

@@ -27,10 +27,11 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.api.errors import ForbiddenError
+from corral.api.errors import CorralError, ForbiddenError, RateLimitError, UnauthorizedError
 from corral.cluster.workers import PREFIX
 from corral.store.names import ModelName, is_valid_name
 
@@ -172,58 +173,90 @@ def parse_tenant_header(value: str) -> tuple[str, str] | None:
 # Admit one request of a key, or say why not. KEYS: id key, the key records, rpm, tpm, flight.
 # ARGV: now (ms), request token, 1 if it is an inference request (counts in flight), the most
 # such requests the key may have in flight (0: no bound), flight lease (ms), window (ms).
-# Returns {verdict, record JSON, retry after (s)}; verdict: ok | unknown | rpm | tpm | flight.
-ADMIT = """
-local name = redis.call('GET', KEYS[1])
-if not name then return {'unknown', '', 0} end
-local record = redis.call('HGET', KEYS[2], name)
-if not record then return {'unknown', '', 0} end
-local key = cjson.decode(record)
-local now, window = tonumber(ARGV[1]), tonumber(ARGV[6])
-local since = now - window
-local function wait(ms) return math.max(1, math.ceil((ms - now) / 1000)) end
-local rpm = tonumber(key['rpm'])
-if rpm then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', since)
-  if redis.call('ZCARD', KEYS[3]) >= rpm then
-    local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-    return {'rpm', record, wait(tonumber(oldest[2]) + window)}
-  end
-end
-local tpm = tonumber(key['tpm'])
-if tpm then
-  -- At most one field per second of the last minute: a bounded scan however busy the key is.
-  local buckets = redis.call('HGETALL', KEYS[4])
-  local used, live = 0, {}
-  for i = 1, #buckets, 2 do
-    local second = tonumber(buckets[i])
-    if (second + 1) * 1000 <= since then
-      redis.call('HDEL', KEYS[4], buckets[i])
-    else
-      used = used + tonumber(buckets[i + 1])
-      live[#live + 1] = {second, tonumber(buckets[i + 1])}
+# Returns verdict, record JSON, retry after (s); verdict: ok | unknown | rpm | tpm | flight.
+# A Lua function, so that the script that takes a slot (router/state.py) can admit first in
+# the same round trip (``ADMIT_FUNCTION``); ``ADMIT`` is it on its own.
+ADMIT_FUNCTION = """
+local function admit(KEYS, ARGV)
+  local name = redis.call('GET', KEYS[1])
+  if not name then return 'unknown', '', 0 end
+  local record = redis.call('HGET', KEYS[2], name)
+  if not record then return 'unknown', '', 0 end
+  local key = cjson.decode(record)
+  local now, window = tonumber(ARGV[1]), tonumber(ARGV[6])
+  local since = now - window
+  local function wait(ms) return math.max(1, math.ceil((ms - now) / 1000)) end
+  local rpm = tonumber(key['rpm'])
+  if rpm then
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', since)
+    if redis.call('ZCARD', KEYS[3]) >= rpm then
+      local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+      return 'rpm', record, wait(tonumber(oldest[2]) + window)
     end
   end
-  if used >= tpm then
-    table.sort(live, function(a, b) return a[1] < b[1] end)
-    for _, bucket in ipairs(live) do
-      used = used - bucket[2]
-      if used < tpm then return {'tpm', record, wait((bucket[1] + 1) * 1000 + window)} end
+  local tpm = tonumber(key['tpm'])
+  if tpm then
+    -- At most one field per second of the last minute: a bounded scan however busy the key is.
+    local buckets = redis.call('HGETALL', KEYS[4])
+    local used, live = 0, {}
+    for i = 1, #buckets, 2 do
+      local second = tonumber(buckets[i])
+      if (second + 1) * 1000 <= since then
+        redis.call('HDEL', KEYS[4], buckets[i])
+      else
+        used = used + tonumber(buckets[i + 1])
+        live[#live + 1] = {second, tonumber(buckets[i + 1])}
+      end
+    end
+    if used >= tpm then
+      table.sort(live, function(a, b) return a[1] < b[1] end)
+      for _, bucket in ipairs(live) do
+        used = used - bucket[2]
+        if used < tpm then return 'tpm', record, wait((bucket[1] + 1) * 1000 + window) end
+      end
     end
   end
+  if ARGV[3] == '1' and tonumber(ARGV[4]) > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+    if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[4]) then return 'flight', record, 1 end
+    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[5]), ARGV[2])
+    redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[5]))
+  end
+  if rpm then
+    redis.call('ZADD', KEYS[3], now, ARGV[2])
+    redis.call('PEXPIRE', KEYS[3], window + 1000)
+  end
+  return 'ok', record, 0
 end
-if ARGV[3] == '1' and tonumber(ARGV[4]) > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
-  if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[4]) then return {'flight', record, 1} end
-  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[5]), ARGV[2])
-  redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[5]))
-end
-if rpm then
-  redis.call('ZADD', KEYS[3], now, ARGV[2])
-  redis.call('PEXPIRE', KEYS[3], window + 1000)
-end
-return {'ok', record, 0}
 """
+ADMIT = (
+    ADMIT_FUNCTION
+    + """
+local verdict, record, retry = admit(KEYS, ARGV)
+return {verdict, record, retry}
+"""
+)
+ADMIT_KEYS, ADMIT_ARGS = 5, 6  # how many of each it takes
+
+
+def admission_keys_args(kid: str, token: str, *, inference: bool, flight_limit: int) -> tuple[list[str], list[Any]]:
+    keys = [id_key(kid), KEYS, rpm_key(kid), tpm_key(kid), flight_key(kid)]
+    args = [now_ms(), token, 1 if inference else 0, flight_limit, FLIGHT_LEASE_MS, WINDOW_MS]
+    return keys, args
+
+
+def refusal(verdict: str, tenant: Tenant | None, retry_after: int, flight_limit: int) -> CorralError:
+    """The error for an admission that said no (``tenant``: None when the key is unknown)."""
+    if verdict == "unknown" or tenant is None:
+        return UnauthorizedError("unauthorized: invalid API key")
+    if verdict == "rpm":
+        message, limit = f"rate limit reached for key '{tenant.name}': {tenant.rpm} requests per minute", "requests"
+    elif verdict == "tpm":
+        message, limit = f"rate limit reached for key '{tenant.name}': {tenant.tpm} tokens per minute", "tokens"
+    else:
+        message = f"too many requests in flight for key '{tenant.name}': at most {flight_limit} at once"
+        limit = "requests"
+    return RateLimitError(message, retry_after=retry_after, limit=limit)
 
 
 # A key's request has ended: out of flight, and counted. KEYS: flight, usage hour.
@@ -282,8 +315,28 @@ class Usage:
 
     tenant: Tenant
     token: str  # its member in the key's flight (and rpm) window
+    flight_limit: int = 0  # the most inference requests the key may have in flight
     model: str = "-"  # as usage shows it, once the body is read
     recorded: bool = False  # its end was written (with its slot's release)
+    # Admitted (its limits checked and taken) yet? A key the router has seen is admitted with
+    # the request's first slot (router/state.py), in the same round trip; ``admit`` does it on
+    # its own where a request answers without taking a slot.
+    admitted: bool = True
+    admit: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
+    refused: str = ""  # the verdict, when the admission made with its slot said no
+
+    def admission_keys_args(self) -> tuple[list[str], list[Any]]:
+        return admission_keys_args(self.tenant.id, self.token, inference=True, flight_limit=self.flight_limit)
+
+    def refusal(self, verdict: str, retry_after: int) -> CorralError:
+        self.refused = verdict
+        return refusal(verdict, self.tenant, retry_after, self.flight_limit)
+
+    async def ensure_admitted(self) -> None:
+        """Admit it now unless it was (raises its 401 or 429)."""
+        if not self.admitted and self.admit is not None:
+            self.admitted = True
+            await self.admit()
 
     def finish_keys_args(self, failed: bool) -> tuple[list[str], list[Any]]:
         keys = [flight_key(self.tenant.id), usage_key(hour_of(now_ms()))]

@@ -224,11 +224,12 @@ class Dispatcher:
     # -- one request
 
     async def forward(
-        self, client: Downstream, path: str, body: dict[str, Any], tenant: Tenant | None = None
+        self, client: Downstream, path: str, body: dict[str, Any], usage: Usage | None = None
     ) -> Forwarded | Relayed:
-        """``tenant``: the API key it came with (CORRAL_AUTH=keys), told to the worker for its tokens."""
+        """``usage``: the API key it came with (CORRAL_AUTH=keys): admitted with its first slot
+        if it was not yet, and told to the worker for its tokens."""
         try:
-            return await self._forward(client, path, body, tenant)
+            return await self._forward(client, path, body, usage)
         except RedisError as exc:
             self.metrics.rejections.labels("redis").inc()
             raise ClusterUnavailableError(f"cluster state unavailable: {exc}") from exc
@@ -240,17 +241,22 @@ class Dispatcher:
             raise
 
     async def _forward(
-        self, client: Downstream, path: str, body: dict[str, Any], tenant: Tenant | None
+        self, client: Downstream, path: str, body: dict[str, Any], usage: Usage | None
     ) -> Forwarded | Relayed:
+        tenant = usage.tenant if usage is not None else None
         model = body.get("model")
         keep_alive = self._keep_alive(body)
         size = None
         if isinstance(model, str) and model and is_valid_name(model) and keep_alive is not None:
             size = await self._size_if_known(model)
         if size is None or not isinstance(model, str):  # unknown model or a bad field: a worker gives Ollama's answer
+            if usage is not None:
+                await usage.ensure_admitted()
             return await self.relay_anywhere(path, body, tenant=tenant)
         model = ModelName.parse(model).display  # one placement per model: "m" and "m:latest" are one
         if keep_alive == 0 and _is_empty(body):
+            if usage is not None:
+                await usage.ensure_admitted()
             return await self._unload_everywhere(model, path, body)
         payload = dumps({**body, "keep_alive": -1} if path.startswith("/api/") else body).encode()
         headers = [
@@ -266,7 +272,7 @@ class Dispatcher:
         for attempt in range(1 + self.settings.CORRAL_RETRIES):
             if attempt:
                 self.metrics.retries.inc()
-            worker = await self.lease(client, model, size, exclude, keep_alive, affinity)
+            worker = await self.lease(client, model, size, exclude, keep_alive, affinity, usage)
             reply = None
             try:
                 if client.disconnected:
@@ -327,11 +333,12 @@ class Dispatcher:
         exclude: set[str],
         keep_alive: float | None,
         affinity: str = "",
+        usage: Usage | None = None,
     ) -> WorkerInfo:
         """A slot for the request: in Redis, or while Redis is away from the last known placements."""
         if not self.offline.active:
             try:
-                return await self._lease(client, model, size, exclude, keep_alive, affinity)
+                return await self._lease(client, model, size, exclude, keep_alive, affinity, usage)
             except RedisError as exc:
                 self.offline.redis_failed(exc)
         worker = self.offline.lease(model, exclude)
@@ -350,6 +357,7 @@ class Dispatcher:
         exclude: set[str],
         keep_alive: float | None,
         affinity: str = "",
+        usage: Usage | None = None,
     ) -> WorkerInfo:
         place: str | None = None  # in the model's queue, once this request waits
         renewed = 0.0
@@ -360,7 +368,8 @@ class Dispatcher:
                 ready = [w for w in everyone if w.state == STATE_READY and w.id not in exclude]
                 if not ready:
                     raise ClusterUnavailableError("no workers available")
-                chosen = await self.state.acquire(model, ready, affinity)
+                admission = usage if usage is not None and not usage.admitted else None
+                chosen = await self.state.acquire(model, ready, affinity, admission)
                 self._models_seen(self.state.models_generation_seen)
                 if chosen:
                     self.metrics.placements.labels("resident").inc()

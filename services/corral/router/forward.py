@@ -70,23 +70,27 @@ class ForwardEndpoint:
         dispatcher: Dispatcher = scope["app"].state.dispatcher
         client = Downstream()
         watcher = None
+        usage: tenants.Usage | None = scope.get(tenants.USAGE_SCOPE)
         try:
             body = await decode_json(await _read_body(receive), self.shape)
-            tenant = tenants.tenant_of(scope)
-            usage = scope.get(tenants.USAGE_SCOPE)
-            if tenant is not None:
+            if usage is not None:
                 model = body.get("model")
                 tenants.require_model(scope, model)
-                if usage is not None:
-                    usage.model = tenants.display_name(model)
+                usage.model = tenants.display_name(model)
             watcher = asyncio.ensure_future(_watch(receive, client))
-            answer = await dispatcher.forward(client, self.path, body, tenant)
+            answer = await dispatcher.forward(client, self.path, body, usage)
             if isinstance(answer, Relayed):
                 await relayed_response(answer)(scope, receive, send)
             else:
                 await _relay(answer, dispatcher, client, send, scope.get(RAW_SEND), usage)
         except CorralError as exc:
-            await answer_error(scope["method"], self.path, exc)(scope, receive, send)
+            error = exc
+            if usage is not None and not usage.admitted:
+                try:  # a key not admitted yet: its own refusal (401, 429) comes first, and it counts
+                    await usage.ensure_admitted()
+                except CorralError as refused:
+                    error = refused
+            await answer_error(scope["method"], self.path, error)(scope, receive, send)
         finally:
             if watcher is not None:
                 watcher.cancel()

@@ -34,7 +34,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from corral.cluster.tenants import finish_lua
+from corral.cluster.tenants import ADMIT_FUNCTION, Usage, finish_lua
 from corral.cluster.workers import PREFIX, WorkerInfo, now_ms
 from corral.router.redis_lane import RedisLane, Script
 
@@ -117,6 +117,22 @@ if best then
 end
 return {best or '', redis.call('GET', 'corral:models:generation') or '0'}
 """
+
+# With API keys: admit the request's key first (corral.cluster.tenants.ADMIT_FUNCTION; its 5
+# KEYS and 6 ARGV come first), and take a slot only if it may go. Returns the acquire's
+# {worker, generation} followed by the admission's verdict and retry-after.
+_ADMIT_AND_ACQUIRE = (
+    ADMIT_FUNCTION
+    + "local function acquire(ARGV)\n"
+    + _ACQUIRE
+    + """end
+local verdict, _, retry = admit(KEYS, ARGV)
+if verdict ~= 'ok' then return {'', redis.call('GET', 'corral:models:generation') or '0', verdict, retry} end
+local out = acquire({unpack(ARGV, 7)})
+out[3], out[4] = verdict, retry
+return out
+"""
+)
 
 # Record a new placement and take its first slot (the load happens with that request).
 # KEYS: placed, inflight, used, slots; ARGV: model, placement JSON, now, lease expiry, slot.
@@ -269,6 +285,7 @@ class ClusterState:
         # The scripts every request runs go through the lean lane when there is one.
         self.lane = lane
         self._acquire = HotScript(redis, lane, _ACQUIRE)
+        self._admit_and_acquire = HotScript(redis, lane, _ADMIT_AND_ACQUIRE)
         self._place = redis.register_script(_PLACE)
         self._release = HotScript(redis, lane, _RELEASE)
         self._release_usage = HotScript(redis, lane, _RELEASE_USAGE)
@@ -348,15 +365,31 @@ class ClusterState:
 
     # -- slots
 
-    async def acquire(self, model: str, workers: list[WorkerInfo], affinity: str = "") -> str | None:
+    async def acquire(
+        self,
+        model: str,
+        workers: list[WorkerInfo],
+        affinity: str = "",
+        admission: Usage | None = None,
+    ) -> str | None:
         """A slot on the least loaded worker holding ``model``; ``affinity`` (a conversation's
-        key, from ``affinity_key``) breaks ties towards the worker that last served it."""
+        key, from ``affinity_key``) breaks ties towards the worker that last served it.
+        ``admission``: a keyed request not admitted yet, admitted first in the same script; a
+        refusal raises its error (401 or 429) and takes no slot."""
         token = request_token()
         key = f"{PREFIX}affinity:{model}:{affinity}" if affinity else ""
         args: list[Any] = [model, now_ms(), SLOT_LEASE_MS, token, key, AFFINITY_TTL_S]
         for worker in workers:
             args += [worker.id, worker.num_parallel]
-        chosen, generation = await self._acquire(keys=[], args=args)
+        if admission is None:
+            chosen, generation = await self._acquire(keys=[], args=args)
+        else:
+            keys, admit_args = admission.admission_keys_args()
+            chosen, generation, verdict, retry = await self._admit_and_acquire(keys=keys, args=[*admit_args, *args])
+            admission.admitted = True
+            if _text(verdict) != "ok":
+                self.models_generation_seen = int(generation)
+                raise admission.refusal(_text(verdict), int(retry))
         self.models_generation_seen = int(generation)
         if not chosen:
             return None

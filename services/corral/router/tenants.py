@@ -43,7 +43,6 @@ from corral.api.errors import (
     CorralError,
     ForbiddenError,
     NotFoundError,
-    RateLimitError,
     UnauthorizedError,
 )
 from corral.api.gojson import BOOL, INT, STRING, Slice, Struct
@@ -118,61 +117,65 @@ class Gate:
         self._children: dict[tuple[str, str, str], Any] = {}
         self._pending: set[asyncio.Task] = set()
 
-    async def admit(self, secret: str, token: str, *, inference: bool) -> Tenant:
+    def _id_of(self, secret: str) -> str:
+        """The key's id; 401 for no key or one too long to be one."""
         if not secret:
             raise UnauthorizedError("unauthorized: no API key (send Authorization: Bearer <key>)")
-        kid = tenants.key_id(secret[:MAX_SECRET])
-        if len(secret) <= MAX_SECRET and tenants.same_secret(kid, self.admin.id):
-            return self.admin
         if len(secret) > MAX_SECRET:
             raise UnauthorizedError("unauthorized: invalid API key")
+        return tenants.key_id(secret)
+
+    def known(self, secret: str) -> Tenant | None:
+        """The admin key, or a key this router admitted before (records never change: a key is
+        made or revoked, and a revoked one fails its next admission), without Redis."""
+        if not secret or len(secret) > MAX_SECRET:
+            return None
+        kid = tenants.key_id(secret)
+        if tenants.same_secret(kid, self.admin.id):
+            return self.admin
+        seen = self._remembered.get(kid)
+        if seen is None:
+            return None
+        self._remembered[kid] = (seen[0], time.monotonic())  # in use: kept for an outage (``_offline``)
+        return seen[0]
+
+    async def admit(self, secret: str, token: str, *, inference: bool) -> Tenant:
+        kid = self._id_of(secret)
+        if tenants.same_secret(kid, self.admin.id):
+            return self.admin
+        return await self.admit_id(kid, token, inference=inference)
+
+    async def admit_id(self, kid: str, token: str, *, inference: bool) -> Tenant:
+        """One admission round trip: the key's record and its limits (raises its 401 or 429)."""
+        keys, args = tenants.admission_keys_args(kid, token, inference=inference, flight_limit=self.flight_limit)
         try:
-            verdict, record, retry_after = await self._admit(
-                keys=[
-                    tenants.id_key(kid),
-                    tenants.KEYS,
-                    tenants.rpm_key(kid),
-                    tenants.tpm_key(kid),
-                    tenants.flight_key(kid),
-                ],
-                args=[
-                    tenants.now_ms(),
-                    token,
-                    1 if inference else 0,
-                    self.flight_limit,
-                    tenants.FLIGHT_LEASE_MS,
-                    tenants.WINDOW_MS,
-                ],
-            )
+            verdict, record, retry_after = await self._admit(keys=keys, args=args)
         except RedisError as exc:
             return self._offline(kid, exc)
         verdict = _text(verdict)
         if verdict == "unknown":
             self.metrics.key_rejections.labels("", "unknown").inc()
-            raise UnauthorizedError("unauthorized: invalid API key")
+            self.forget(kid)
+            raise tenants.refusal(verdict, None, 0, self.flight_limit)
         tenant = self._tenant(_text(record))
         self._remember(tenant)
-        if verdict == "ok":
-            return tenant
-        self.metrics.key_rejections.labels(tenant.name, verdict).inc()
-        retry = int(retry_after)
-        if verdict == "rpm":
-            raise RateLimitError(
-                f"rate limit reached for key '{tenant.name}': {tenant.rpm} requests per minute",
-                retry_after=retry,
-                limit="requests",
-            )
-        if verdict == "tpm":
-            raise RateLimitError(
-                f"rate limit reached for key '{tenant.name}': {tenant.tpm} tokens per minute",
-                retry_after=retry,
-                limit="tokens",
-            )
-        raise RateLimitError(
-            f"too many requests in flight for key '{tenant.name}': at most {self.flight_limit} at once",
-            retry_after=retry,
-            limit="requests",
-        )
+        if verdict != "ok":
+            self.metrics.key_rejections.labels(tenant.name, verdict).inc()
+            raise tenants.refusal(verdict, tenant, int(retry_after), self.flight_limit)
+        return tenant
+
+    def usage(self, tenant: Tenant, token: str, *, admitted: bool) -> tenants.Usage:
+        """An inference request's accounting; not ``admitted`` yet: with its first slot."""
+        usage = tenants.Usage(tenant, token, self.flight_limit, admitted=admitted or tenant.admin)
+
+        async def admit() -> None:
+            await self.admit_id(tenant.id, token, inference=True)
+
+        usage.admit = admit
+        return usage
+
+    def forget(self, kid: str) -> None:
+        self._remembered.pop(kid, None)
 
     def _counter(self, name: str, model: str, outcome: str) -> Any:
         """``key_requests``' child for these labels, looked up once (``labels`` costs µs a call)."""
@@ -247,8 +250,14 @@ class AuthMiddleware:
         path = scope["path"]
         inference = path in FORWARDED
         token = request_token()
+        secret = secret_from(scope["headers"])
+        # An inference request of a key seen before is admitted with its slot (one round trip
+        # for both, router/state.py); any other request is admitted here.
+        tenant = gate.known(secret) if inference else None
+        admitted = tenant is None
         try:
-            tenant = await gate.admit(secret_from(scope["headers"]), token, inference=inference)
+            if tenant is None:
+                tenant = await gate.admit(secret, token, inference=inference)
             if needs_admin(path) and not tenant.admin:
                 gate.reject(tenant, "admin")
                 raise ForbiddenError("this API key may not manage the cluster: an admin key is needed")
@@ -259,13 +268,17 @@ class AuthMiddleware:
         if not inference:
             await self.app(scope, receive, send)
             return
-        usage = scope[tenants.USAGE_SCOPE] = tenants.Usage(tenant, token)
+        usage = scope[tenants.USAGE_SCOPE] = gate.usage(tenant, token, admitted=admitted)
         watch = StatusWatch(send)
         try:
             await self.app(scope, receive, watch)
         finally:
             status = watch.status
-            if status == 403:  # its model is not on its list (require_model)
+            if usage.refused:  # by the admission made with its slot
+                gate.reject(tenant, usage.refused)
+                if usage.refused == "unknown":
+                    gate.forget(tenant.id)  # revoked
+            elif status == 403:  # its model is not on its list (require_model)
                 gate.reject(tenant, "model")
             gate.finish(usage, failed=status == 0 or status >= 400)
 
