@@ -134,9 +134,7 @@ class RedisLane:
         waiter = asyncio.get_running_loop().create_future()
         conn.pending.append(waiter)
         conn.queue(packed)
-        handle = asyncio.get_running_loop().call_later(
-            self.timeout, _expire, conn, waiter, RedisTimeoutError("Timeout reading from Redis")
-        )
+        handle = asyncio.get_running_loop().call_later(self.timeout, _expire, conn, waiter)
         try:
             reply = await waiter
         finally:
@@ -194,6 +192,7 @@ class RedisLane:
             self._conn = None
 
 
-def _expire(conn: _Protocol, waiter: asyncio.Future, exc: Exception) -> None:
+def _expire(conn: _Protocol, waiter: asyncio.Future) -> None:
+    # The error is made only when it happens: a command's timer is cancelled far more often.
     if not waiter.done():
-        conn.fail(exc)  # replies can no longer be matched to commands: start over
+        conn.fail(RedisTimeoutError("Timeout reading from Redis"))  # replies can no longer be matched: start over
