@@ -475,47 +475,37 @@ def main(argv: list[str] | None = None) -> int:
                                 **common,
                             )
                         )
-            if keyed is not None:
-                phase = "py-spy profile of the router with keys"
-                profile, run = profile_router(
+
+            def profiled(target: str, service: Router, wrk_lua: Path, suffix: str) -> dict:
+                """A wrk run with py-spy attached to ``service``'s gunicorn worker; its profile."""
+                out = args.profile_out
+                raw = out.with_name(out.stem + suffix + out.suffix) if out else None
+                found, run = profile_router(
                     tmp,
-                    f"router with keys, non-streamed, c={args.profile_connections}, py-spy attached",
-                    keyed,
-                    keyed.url + "/api/generate",
-                    keyed_script,
+                    f"{target}, non-streamed, c={args.profile_connections}, py-spy attached",
+                    service,
+                    service.url + "/api/generate",
+                    wrk_lua,
                     stream=False,
                     tokens=1,
                     connections=args.profile_connections,
                     seconds=args.wrk_seconds,
                     meter=meter,
                     deadline=deadline,
-                    raw_out=args.profile_out.with_name(args.profile_out.stem + "-keys" + args.profile_out.suffix)
-                    if args.profile_out
-                    else None,
+                    raw_out=raw,
                     upstream_port=upstream,
                 )
-                profiles["keys"] = profile
                 record(run)
+                return found
+
+            if keyed is not None:
+                phase = "py-spy profile of the router with keys"
+                profiles["keys"] = profiled("router with keys", keyed, keyed_script, "-keys")
                 stop(keyed)
 
             phase = "py-spy profile of the router"
-            profile, run = profile_router(
-                tmp,
-                f"router, non-streamed, c={args.profile_connections}, py-spy attached",
-                router,
-                router.url + "/api/generate",
-                script,
-                stream=False,
-                tokens=1,
-                connections=args.profile_connections,
-                seconds=args.wrk_seconds,
-                meter=meter,
-                deadline=deadline,
-                raw_out=args.profile_out,
-                upstream_port=upstream,
-            )
+            profile = profiled("router", router, script, "")
             profiles["nostream"] = profile
-            record(run)
             print(f"[bench] profile: {profile['samples']} event-loop samples; " + key_summary(profile), flush=True)
 
             if args.stream_tokens:
