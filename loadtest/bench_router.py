@@ -134,6 +134,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "this client to others, e.g. 0:1 (default: everything shares every CPU)",
     )
     p.add_argument(
+        "--pin-routers",
+        default="",
+        metavar="ROUTER_CPUS:OTHER_CPUS",
+        help="part 2 only: pin the routers to some CPUs and the fake workers, Redis, the registry, wrk and "
+        "this client to others, e.g. 1:0, so that the routers' CPU per request is measured without them",
+    )
+    p.add_argument(
         "--report-from",
         type=Path,
         default=None,
@@ -161,6 +168,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if worker_cpus & proxy_cpus or not (worker_cpus | proxy_cpus) <= os.sched_getaffinity(0):
             p.error("--pin: two disjoint sets of this machine's CPUs")
         args.pin_cpus = (worker_cpus, proxy_cpus)
+    args.pin_router_cpus = None
+    if args.pin_routers:
+        try:
+            router_cpus, other_cpus = ({int(c) for c in side.split(",")} for side in args.pin_routers.split(":"))
+        except ValueError:
+            p.error("--pin-routers takes ROUTER_CPUS:OTHER_CPUS, e.g. 1:0")
+        if router_cpus & other_cpus or not (router_cpus | other_cpus) <= set(range(os.cpu_count() or 1)):
+            p.error("--pin-routers: two disjoint sets of this machine's CPUs")
+        args.pin_router_cpus = (router_cpus, other_cpus)
     try:
         args.connection_list = [int(c) for c in args.connections.split(",") if c.strip()]
     except ValueError:
@@ -187,6 +203,7 @@ _ARG_KEYS = (
     "pin",
     "split",
     "auth",
+    "pin_routers",
 )
 BENCH_ADMIN_KEY = "bench-admin-key-0123456789"
 
@@ -457,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
                 made.raise_for_status()
                 keyed_script = wrk_script(tmp, stream=False, key=made.json()["key"])
                 targets.append(("router with keys", keyed.url, keyed_script, keyed.worker_pid()))
+            if args.pin_router_cpus:
+                pin([router.pid] + ([keyed.pid] if keyed is not None else []), args.pin_router_cpus[0])
+                pin([f.pid for f in fakes] + [redis.pid, registry.pid, os.getpid()], args.pin_router_cpus[1])
             for c in args.connection_list:
                 for i in range(args.wrk_repeats):
                     for target, url, wrk_lua, pid in targets:
