@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from corral.cluster.tenants import USAGE_FIELDS
 from corral.preload import endpoint_from_env
 
 TIMEOUT_S = 30.0
@@ -96,15 +97,12 @@ def usage(args: argparse.Namespace) -> int:
     rows = [["KEY", "MODEL", "REQUESTS", "ERRORS", "PROMPT TOKENS", "GENERATED TOKENS"]]
     for key in answer["keys"]:
         for row in key["models"]:
-            rows.append([key["name"], row["model"], *(str(row[f]) for f in _FIELDS)])
+            rows.append([key["name"], row["model"], *(str(row[f]) for f in USAGE_FIELDS)])
     totals = answer["totals"]
-    rows.append(["(all)", "", *(str(totals[f]) for f in _FIELDS)])
+    rows.append(["(all)", "", *(str(totals[f]) for f in USAGE_FIELDS)])
     _table(rows)
     print(f"from {answer['since']} to {answer['until']}", file=sys.stderr)
     return 0
-
-
-_FIELDS = ("requests", "errors", "prompt_tokens", "generated_tokens")
 
 
 def _table(rows: list[list[str]]) -> None:

@@ -26,13 +26,12 @@ import hmac
 import json
 import re
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from corral.api.errors import CorralError, ForbiddenError, RateLimitError, UnauthorizedError
-from corral.cluster.workers import PREFIX
+from corral.cluster.workers import PREFIX, now_ms
 from corral.store.names import ModelName, is_valid_name
 
 KEYS = PREFIX + "apikeys"
@@ -345,10 +344,6 @@ class Usage:
 
 def usage_prefix(name: str, model: str) -> str:
     return f"{name}\t{model}\t"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def record_json(record: dict[str, Any]) -> str:

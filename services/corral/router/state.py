@@ -387,13 +387,13 @@ class ClusterState:
             keys, admit_args = admission.admission_keys_args()
             chosen, generation, verdict, retry = await self._admit_and_acquire(keys=keys, args=[*admit_args, *args])
             admission.admitted = True
-            if _text(verdict) != "ok":
+            if reply_text(verdict) != "ok":
                 self.models_generation_seen = int(generation)
-                raise admission.refusal(_text(verdict), int(retry))
+                raise admission.refusal(reply_text(verdict), int(retry))
         self.models_generation_seen = int(generation)
         if not chosen:
             return None
-        chosen = _text(chosen)
+        chosen = reply_text(chosen)
         self._held.setdefault((chosen, model), []).append(f"{chosen} {model} {token}")
         return chosen
 
@@ -512,7 +512,7 @@ class ClusterState:
         for i, worker in enumerate(workers):
             placed, inflight, used = replies[3 * i : 3 * i + 3]
             for model, raw in placed.items():
-                model = _text(model)
+                model = reply_text(model)
                 try:
                     record = json.loads(raw)
                 except ValueError:
@@ -535,5 +535,6 @@ def _get(mapping: dict, key: str) -> Any:
     return mapping.get(key, mapping.get(key.encode()))
 
 
-def _text(value: Any) -> str:
+def reply_text(value: Any) -> str:
+    """A Redis reply as text (the lane gives bytes, redis-py as configured)."""
     return value.decode() if isinstance(value, bytes) else str(value)

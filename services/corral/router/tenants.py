@@ -54,7 +54,7 @@ from corral.router.forward import FORWARDED
 from corral.router.metrics import RouterMetrics
 from corral.router.redis_lane import RedisLane
 from corral.router.settings import RouterSettings
-from corral.router.state import HotScript, request_token
+from corral.router.state import HotScript, reply_text, request_token
 
 logger = logging.getLogger(__name__)
 
@@ -152,12 +152,12 @@ class Gate:
             verdict, record, retry_after = await self._admit(keys=keys, args=args)
         except RedisError as exc:
             return self._offline(kid, exc)
-        verdict = _text(verdict)
+        verdict = reply_text(verdict)
         if verdict == "unknown":
             self.metrics.key_rejections.labels("", "unknown").inc()
             self.forget(kid)
             raise tenants.refusal(verdict, None, 0, self.flight_limit)
-        tenant = self._tenant(_text(record))
+        tenant = self._tenant(reply_text(record))
         self._remember(tenant)
         if verdict != "ok":
             self.metrics.key_rejections.labels(tenant.name, verdict).inc()
@@ -230,10 +230,6 @@ class Gate:
             await self._finish(keys=keys, args=args)
         except RedisError as exc:
             logger.warning("usage of key %s not recorded: %s", usage.tenant.name, exc)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class AuthMiddleware:
@@ -354,7 +350,7 @@ async def create_key(request: Request) -> Response:
 async def list_keys(request: Request) -> Response:
     gate = _gate(request)
     records = await gate.redis.hgetall(tenants.KEYS)
-    keys = [Tenant.from_record(json.loads(_text(v))).public for v in records.values()]
+    keys = [Tenant.from_record(json.loads(reply_text(v))).public for v in records.values()]
     return json_response({"keys": sorted(keys, key=lambda k: k["name"])})
 
 
@@ -392,7 +388,7 @@ async def usage(request: Request) -> Response:
     table: dict[str, dict[str, dict[str, int]]] = {}
     for bucket in buckets:
         for raw_field, raw_count in bucket.items():
-            parts = _text(raw_field).split("\t")
+            parts = reply_text(raw_field).split("\t")
             if len(parts) != 3 or parts[2] not in tenants.USAGE_FIELDS or (only and parts[0] != only):
                 continue
             row = table.setdefault(parts[0], {}).setdefault(parts[1], dict.fromkeys(tenants.USAGE_FIELDS, 0))

@@ -104,7 +104,3 @@ class UsageReporter:
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=5)
         await self.redis.aclose()
-
-
-def no_usage(model: str, prompt_tokens: int, generated_tokens: int) -> None:
-    """Where there is no Redis: nothing to report to."""
