@@ -159,24 +159,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.part_set = {x.strip() for x in args.parts.split(",") if x.strip()}
     if not args.part_set or args.part_set - {"latency", "capacity"}:
         p.error("--parts takes latency, capacity or both")
-    args.pin_cpus = None
-    if args.pin:
+
+    def cpu_sets(text: str, flag: str, form: str) -> tuple[set[int], set[int]] | None:
+        """``A:B`` (each a comma list of CPUs) as two disjoint sets of this machine's CPUs."""
+        if not text:
+            return None
         try:
-            worker_cpus, proxy_cpus = ({int(c) for c in side.split(",")} for side in args.pin.split(":"))
+            first, second = ({int(c) for c in side.split(",")} for side in text.split(":"))
         except ValueError:
-            p.error("--pin takes WORKER_CPUS:PROXY_CPUS, e.g. 0:1 or 0:1,2,3")
-        if worker_cpus & proxy_cpus or not (worker_cpus | proxy_cpus) <= os.sched_getaffinity(0):
-            p.error("--pin: two disjoint sets of this machine's CPUs")
-        args.pin_cpus = (worker_cpus, proxy_cpus)
-    args.pin_router_cpus = None
-    if args.pin_routers:
-        try:
-            router_cpus, other_cpus = ({int(c) for c in side.split(",")} for side in args.pin_routers.split(":"))
-        except ValueError:
-            p.error("--pin-routers takes ROUTER_CPUS:OTHER_CPUS, e.g. 1:0")
-        if router_cpus & other_cpus or not (router_cpus | other_cpus) <= set(range(os.cpu_count() or 1)):
-            p.error("--pin-routers: two disjoint sets of this machine's CPUs")
-        args.pin_router_cpus = (router_cpus, other_cpus)
+            p.error(f"{flag} takes {form}, e.g. 0:1 or 0:1,2,3")
+        if first & second or not (first | second) <= os.sched_getaffinity(0):
+            p.error(f"{flag}: two disjoint sets of this machine's CPUs")
+        return first, second
+
+    args.pin_cpus = cpu_sets(args.pin, "--pin", "WORKER_CPUS:PROXY_CPUS")
+    args.pin_router_cpus = cpu_sets(args.pin_routers, "--pin-routers", "ROUTER_CPUS:OTHER_CPUS")
     try:
         args.connection_list = [int(c) for c in args.connections.split(",") if c.strip()]
     except ValueError:
