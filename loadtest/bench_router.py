@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -63,7 +64,7 @@ from harness import (  # noqa: E402  (loadtest/harness.py: what the load tests s
     save,
 )
 from router_profile import profile_router  # noqa: E402
-from router_report import build_report, key_summary, pct  # noqa: E402
+from router_report import SIDE_BY_SIDE, build_report, key_summary, pct  # noqa: E402
 from router_services import FakeWorker, Nginx, Redis, Registry, Router  # noqa: E402
 from router_setup import (
     DEFAULT_MODEL,
@@ -203,6 +204,7 @@ _ARG_KEYS = (
     "pin_routers",
 )
 BENCH_ADMIN_KEY = "bench-admin-key-0123456789"
+WARM_UP_S = 3  # part 2: each router's unrecorded wrk run before the measured ones
 
 
 def rebuild(args: argparse.Namespace) -> int:
@@ -474,6 +476,21 @@ def main(argv: list[str] | None = None) -> int:
             if args.pin_router_cpus:
                 pin([router.pid] + ([keyed.pid] if keyed is not None else []), args.pin_router_cpus[0])
                 pin([f.pid for f in fakes] + [redis.pid, registry.pid, os.getpid()], args.pin_router_cpus[1])
+            for target, url, wrk_lua, pid in targets:
+                # Not recorded: a router's first seconds under load (its first connections to the
+                # worker, Redis loading its scripts, a key's first admissions) are not its steady cost.
+                phase = f"wrk warm-up of the {target}"
+                run_wrk(
+                    f"{target}, warm-up",
+                    target,
+                    url + "/api/generate",
+                    wrk_lua,
+                    stream=False,
+                    tokens=1,
+                    connections=max(args.connection_list),
+                    router_pid=pid,
+                    **{**common, "seconds": WARM_UP_S},
+                )
             for c in args.connection_list:
                 for i in range(args.wrk_repeats):
                     for target, url, wrk_lua, pid in targets:
@@ -492,6 +509,31 @@ def main(argv: list[str] | None = None) -> int:
                                 **common,
                             )
                         )
+            if keyed is not None:
+                # Keys on against off, side by side: both routers under the same load at the same
+                # time, sharing their CPUs, so that the machine's drift (this VM's CPU time per
+                # request moves by a third from one run to the next) falls on both alike.
+                for c in args.connection_list:
+                    for i in range(args.wrk_repeats):
+                        phase = f"wrk against both routers at once, {c} connections, run {i + 1}"
+                        with ThreadPoolExecutor(len(targets)) as pool:
+                            pair = [
+                                pool.submit(
+                                    run_wrk,
+                                    f"{target}, non-streamed, c={c}, side by side",
+                                    target + SIDE_BY_SIDE,
+                                    url + "/api/generate",
+                                    wrk_lua,
+                                    stream=False,
+                                    tokens=1,
+                                    connections=c,
+                                    router_pid=pid,
+                                    **common,
+                                )
+                                for target, url, wrk_lua, pid in targets
+                            ]
+                            for run in pair:
+                                record(run.result())
 
             def profiled(target: str, service: Router, wrk_lua: Path, suffix: str) -> dict:
                 """A wrk run with py-spy attached to ``service``'s gunicorn worker; its profile."""

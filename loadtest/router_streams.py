@@ -219,11 +219,14 @@ class Batch:
 
 def pin(pids: list[int], cpus: set[int]) -> None:
     """CPU affinity for every thread of these processes and of their children (as ``taskset -a``).
-    Applied again before each batch: threads started since (a model load's) get it too."""
+    Applied again before each batch: threads started since (a model load's) get it too. This
+    process is pinned without its children: they are the services under test, each pinned on its
+    own (following them would move a router or a worker onto the client's CPUs)."""
     todo = list(pids)
     while todo:
         pid = todo.pop()
-        todo += children(pid)
+        if pid != os.getpid():
+            todo += children(pid)
         for task in Path(f"/proc/{pid}/task").glob("*"):
             try:
                 os.sched_setaffinity(int(task.name), cpus)

@@ -8,6 +8,7 @@ falling back to a default.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -96,9 +97,11 @@ def check_duration(value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=8)
 def derived_cluster_token(admin_key: str) -> str:
     """The cluster token routers and workers agree on when only CORRAL_ADMIN_KEY is given: not
-    the key itself, so the header between them never carries it."""
+    the key itself, so the header between them never carries it. Cached: routers ask for it with
+    every request they forward."""
     if not admin_key:
         return ""
     return hmac.new(admin_key.encode(), b"corral cluster token", hashlib.sha256).hexdigest()

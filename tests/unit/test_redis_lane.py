@@ -32,6 +32,24 @@ def test_scripts_load_themselves_and_many_callers_share_the_connection(redis_ser
         assert client.get("n") == "5050"  # the database in the URL
 
 
+def test_arguments_of_every_kind_arrive_as_sent(redis_server):
+    """Commands are packed as one ASCII string where they can be; model names outside ASCII,
+    bytes and numbers take the other path and must arrive byte for byte all the same."""
+
+    async def main() -> None:
+        lane = RedisLane(redis_server.url)
+        values = ["llama3.2:latest", "modèle-日本:q4", "", 12345, 1.5, b"\x00\xff raw", "a\r\nb"]
+        for i, value in enumerate(values):
+            assert await lane.call("SET", f"v{i}", value) == b"OK"
+            expected = value if isinstance(value, bytes) else str(value).encode()
+            assert await lane.call("GET", f"v{i}") == expected
+        assert await lane.call("MSET", "x", "é", "y", b"\x01") == b"OK"  # both kinds in one command
+        assert await lane.call("MGET", "x", "y") == ["é".encode(), b"\x01"]
+        lane.close()
+
+    asyncio.run(main())
+
+
 def test_a_slow_reply_times_out_and_the_next_call_reconnects(redis_server):
     async def main() -> None:
         lane = RedisLane(redis_server.url, timeout=0.3)

@@ -119,8 +119,15 @@ class Tenant:
             public={k: v for k, v in record.items() if k != "id"},
         )
 
+    @functools.cached_property
     def header(self) -> str:
+        """``TENANT_HEADER``'s value."""
         return f"{self.id} {self.name}"
+
+    @functools.cached_property
+    def admission_keys(self) -> tuple[str, ...]:
+        """The Redis keys admitting its requests takes (``ADMIT``'s KEYS), made once per key."""
+        return admission_keys(self.id)
 
     def allows(self, model: Any) -> bool:
         return self.models is None or model_key(model) in self.models
@@ -238,10 +245,12 @@ return {verdict, record, retry}
 ADMIT_KEYS, ADMIT_ARGS = 5, 6  # how many of each it takes
 
 
-def admission_keys_args(kid: str, token: str, *, inference: bool, flight_limit: int) -> tuple[list[str], list[Any]]:
-    keys = [id_key(kid), KEYS, rpm_key(kid), tpm_key(kid), flight_key(kid)]
-    args = [now_ms(), token, 1 if inference else 0, flight_limit, FLIGHT_LEASE_MS, WINDOW_MS]
-    return keys, args
+def admission_keys(kid: str) -> tuple[str, ...]:
+    return (id_key(kid), KEYS, rpm_key(kid), tpm_key(kid), flight_key(kid))
+
+
+def admission_args(token: str, *, inference: bool, flight_limit: int) -> list[Any]:
+    return [now_ms(), token, 1 if inference else 0, flight_limit, FLIGHT_LEASE_MS, WINDOW_MS]
 
 
 def refusal(verdict: str, tenant: Tenant | None, retry_after: int, flight_limit: int) -> CorralError:
@@ -308,7 +317,7 @@ return 1
 """
 
 
-@dataclass
+@dataclass(slots=True)
 class Usage:
     """One admitted inference request's accounting, from admission to its end."""
 
@@ -321,11 +330,11 @@ class Usage:
     # the request's first slot (router/state.py), in the same round trip; ``admit`` does it on
     # its own where a request answers without taking a slot.
     admitted: bool = True
-    admit: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
+    admit: Callable[[Usage], Awaitable[None]] | None = field(default=None, repr=False)
     refused: str = ""  # the verdict, when the admission made with its slot said no
 
-    def admission_keys_args(self) -> tuple[list[str], list[Any]]:
-        return admission_keys_args(self.tenant.id, self.token, inference=True, flight_limit=self.flight_limit)
+    def admission_keys_args(self) -> tuple[tuple[str, ...], list[Any]]:
+        return self.tenant.admission_keys, admission_args(self.token, inference=True, flight_limit=self.flight_limit)
 
     def refusal(self, verdict: str, retry_after: int) -> CorralError:
         self.refused = verdict
@@ -335,7 +344,7 @@ class Usage:
         """Admit it now unless it was (raises its 401 or 429)."""
         if not self.admitted and self.admit is not None:
             self.admitted = True
-            await self.admit()
+            await self.admit(self)
 
     def finish_keys_args(self, failed: bool) -> tuple[list[str], list[Any]]:
         keys = [flight_key(self.tenant.id), usage_key(hour_of(now_ms()))]

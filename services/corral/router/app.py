@@ -8,6 +8,7 @@ answers; ``/api/ps`` and ``/api/cluster/workers`` are assembled from Redis and t
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -256,6 +257,10 @@ def create_app(settings: RouterSettings) -> FastAPI:
         app.state.dispatcher = d = Dispatcher(settings, ClusterState(redis, lane), store, http, metrics)
         app.state.gate = Gate(settings, redis, lane, metrics) if settings.CORRAL_AUTH == "keys" else None
         reaper = asyncio.create_task(Reaper(d).run())
+        # What startup made (FastAPI's routes, pydantic's validators, the metrics) lives as long
+        # as the process: frozen, the collector stops walking it each time requests' cyclic
+        # garbage triggers a full collection (measured: a fifth of the router's CPU before).
+        gc.freeze()
         try:
             yield
         finally:

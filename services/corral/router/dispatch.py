@@ -488,12 +488,12 @@ class Dispatcher:
 
     def _cluster_headers(self, tenant: Tenant | None) -> list[tuple[str, str]]:
         """What workers are told besides the body: the cluster token, and whose request it is."""
-        headers = []
-        if self.settings.cluster_token:
-            headers.append((CLUSTER_TOKEN_HEADER, self.settings.cluster_token))
-            if tenant is not None:
-                headers.append((TENANT_HEADER, tenant.header()))
-        return headers
+        token = self.settings.cluster_token
+        if not token:
+            return []
+        if tenant is None:
+            return [(CLUSTER_TOKEN_HEADER, token)]
+        return [(CLUSTER_TOKEN_HEADER, token), (TENANT_HEADER, tenant.header)]
 
     async def relay_anywhere(
         self, path: str, body: dict[str, Any], avoid: AbstractSet[str] = frozenset(), *, tenant: Tenant | None = None

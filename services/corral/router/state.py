@@ -29,6 +29,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -273,7 +274,7 @@ class HotScript:
         # The lane's Script, or redis-py's AsyncScript when routers run without the lane.
         self.script: Any = Script(text) if lane else redis.register_script(text)
 
-    async def __call__(self, *, keys: list[Any], args: list[Any]) -> Any:
+    async def __call__(self, *, keys: Sequence[Any], args: list[Any]) -> Any:
         if self.lane is None:
             return await self.script(keys=keys, args=args)
         return await self.lane.evalsha(self.script, keys, args)

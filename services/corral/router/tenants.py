@@ -116,6 +116,7 @@ class Gate:
         self._parsed: dict[str, Tenant] = {}
         self._children: dict[tuple[str, str, str], Any] = {}
         self._pending: set[asyncio.Task] = set()
+        self._admit_usage = self.admit_usage  # bound once: every keyed request's Usage holds it
 
     def _id_of(self, secret: str) -> str:
         """The key's id; 401 for no key or one too long to be one."""
@@ -147,9 +148,9 @@ class Gate:
 
     async def admit_id(self, kid: str, token: str, *, inference: bool) -> Tenant:
         """One admission round trip: the key's record and its limits (raises its 401 or 429)."""
-        keys, args = tenants.admission_keys_args(kid, token, inference=inference, flight_limit=self.flight_limit)
+        args = tenants.admission_args(token, inference=inference, flight_limit=self.flight_limit)
         try:
-            verdict, record, retry_after = await self._admit(keys=keys, args=args)
+            verdict, record, retry_after = await self._admit(keys=tenants.admission_keys(kid), args=args)
         except RedisError as exc:
             return self._offline(kid, exc)
         verdict = reply_text(verdict)
@@ -166,13 +167,12 @@ class Gate:
 
     def usage(self, tenant: Tenant, token: str, *, admitted: bool) -> tenants.Usage:
         """An inference request's accounting; not ``admitted`` yet: with its first slot."""
-        usage = tenants.Usage(tenant, token, self.flight_limit, admitted=admitted or tenant.admin)
+        return tenants.Usage(
+            tenant, token, self.flight_limit, admitted=admitted or tenant.admin, admit=self._admit_usage
+        )
 
-        async def admit() -> None:
-            await self.admit_id(tenant.id, token, inference=True)
-
-        usage.admit = admit
-        return usage
+    async def admit_usage(self, usage: tenants.Usage) -> None:
+        await self.admit_id(usage.tenant.id, usage.token, inference=True)
 
     def forget(self, kid: str) -> None:
         self._remembered.pop(kid, None)
