@@ -122,7 +122,7 @@ def render_profile(profile: dict, title: str, *, full: bool, router_runs: list[W
                 "<module>",
                 "gunicorn/",
                 "uvicorn_worker/",
-                "corral/cli.py",
+                "corral/cli/",
                 "corral/router/serve.py",
                 "uvicorn/_compat.py",
                 "asyncio/runners.py",

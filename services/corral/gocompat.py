@@ -65,9 +65,10 @@ def _float_digits(f: float) -> tuple[str, int]:
     return digits.rstrip("0") or "0", dp
 
 
-def format_float(f: float, *, json: bool = False) -> str:
-    """A float as Go's ``%v`` prints it (strconv 'g', shortest), or with ``json=True`` as
-    ``encoding/json`` writes it. They differ only in when they use an exponent."""
+def format_float(f: float, *, json: bool = False, plain: bool = False) -> str:
+    """A float as Go's ``%v`` prints it (strconv 'g', shortest), with ``json=True`` as
+    ``encoding/json`` writes it, with ``plain=True`` as ``FormatFloat(f, 'f', -1)`` does (never
+    an exponent). They differ only in when they use an exponent."""
     if math.isnan(f):
         return "NaN"
     if math.isinf(f):
@@ -77,7 +78,7 @@ def format_float(f: float, *, json: bool = False) -> str:
     digits, dp = _float_digits(f)
     sign = "-" if f < 0 else ""
     exp = dp - 1
-    if (exp < -6 or exp >= 21) if json else (exp < -4 or exp >= 6):
+    if not plain and ((exp < -6 or exp >= 21) if json else (exp < -4 or exp >= 6)):
         mant = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
         # %v always writes two exponent digits; json trims "e-07" to "e-7".
         num = str(abs(exp)) if json else f"{abs(exp):02d}"

@@ -33,7 +33,7 @@ def test_pull_through_the_endpoint(worker, upstream):
     try:
         done = corral_pull("--host", worker.url, "--wait", "30", "--insecure", reference)
         assert done.returncode == 0, done.stderr
-        steps = done.stdout.splitlines()
+        steps = done.stderr.splitlines()  # the progress (stdout stays empty, as ollama's)
         assert steps[0] == f"{reference}: pulling manifest", steps
         assert steps[-1] == f"{reference}: success", steps
         assert len(steps) < 20, "one line per step, not one per progress tick"
@@ -49,8 +49,8 @@ def test_a_model_that_is_not_there_fails_the_command(worker, upstream):
     missing = seeded.reference.rsplit(":", 1)[0] + ":no-such-tag"
     done = corral_pull("--host", worker.url, "--insecure", missing)
     assert done.returncode == 1
-    assert done.stderr.startswith(f"corral pull: pulling {missing}: "), done.stderr
-    assert "file does not exist" in done.stderr, done.stderr  # Ollama's words for a missing manifest
+    # Ollama's words for a missing manifest, as ollama pull prints them
+    assert done.stderr.splitlines()[-1] == "Error: pull model manifest: file does not exist", done.stderr
 
 
 def test_an_endpoint_that_never_answers_fails_within_the_wait():

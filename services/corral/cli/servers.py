@@ -1,4 +1,4 @@
-"""The ``corral`` command."""
+"""The server commands: ``corral worker`` (and its Ollama name, ``serve``), ``router`` and ``up``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
-
-from corral import keys
 
 logger = logging.getLogger("corral")
 
@@ -104,19 +103,12 @@ def run_up(args: argparse.Namespace) -> None:
     raise SystemExit(code)
 
 
-def run_pull(args: argparse.Namespace) -> None:
-    from corral.preload import endpoint_from_env, run
-
-    models = [m for arg in args.models for m in arg.replace(",", " ").split()]
-    endpoint = args.host or endpoint_from_env(os.environ.get("OLLAMA_HOST", ""))
-    raise SystemExit(run(models, endpoint=endpoint, wait_s=args.wait, insecure=args.insecure))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="corral", description="An Ollama-compatible LLM serving cluster.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    worker = sub.add_parser("worker", help="serve the Ollama API on OLLAMA_HOST from OLLAMA_MODELS")
-    worker.set_defaults(func=run_worker)
+def add_parsers(sub: Any) -> None:
+    for name, text in (
+        ("worker", "serve the Ollama API on OLLAMA_HOST from OLLAMA_MODELS"),
+        ("serve", "start a worker, as 'ollama serve' starts a server (the same as 'corral worker')"),
+    ):
+        sub.add_parser(name, help=text).set_defaults(func=run_worker)
     router = sub.add_parser("router", help="serve the cluster's API on OLLAMA_HOST (REDIS_URL, CORRAL_REGISTRY_URL)")
     router.set_defaults(func=run_router)
     up = sub.add_parser("up", help="run a whole local cluster (Redis, registry, workers, routers, nginx)")
@@ -128,16 +120,3 @@ def main(argv: list[str] | None = None) -> None:
         "--redis-url", default="", help="use this Redis (redis://, redis+sentinel://) instead of starting one"
     )
     up.set_defaults(func=run_up)
-    pull = sub.add_parser("pull", help="pull models through a running endpoint (OLLAMA_HOST), e.g. to preload them")
-    pull.add_argument("models", nargs="+", help="model names (a comma- or space-separated list also works)")
-    pull.add_argument("--host", default="", help="endpoint URL (default from OLLAMA_HOST, else 127.0.0.1:11434)")
-    pull.add_argument("--wait", type=float, default=0, help="seconds to wait for the endpoint to answer first")
-    pull.add_argument("--insecure", action="store_true", help="allow insecure connections to the registry")
-    pull.set_defaults(func=run_pull)
-    keys.add_parser(sub)
-    args = parser.parse_args(argv)
-    args.func(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

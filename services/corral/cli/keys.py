@@ -11,44 +11,17 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from typing import Any
 
-import httpx
-
+from corral.cli.client import Api
+from corral.cli.units import table
 from corral.cluster.tenants import USAGE_FIELDS
-from corral.preload import endpoint_from_env
-
-TIMEOUT_S = 30.0
-
-
-def client_headers() -> dict[str, str]:
-    """What every ``corral`` client command sends: ``OLLAMA_API_KEY`` as a bearer token, as
-    the ``ollama`` client does."""
-    key = os.environ.get("OLLAMA_API_KEY", "").strip()
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-class KeysError(Exception):
-    pass
 
 
 def _call(method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, str] | None = None) -> Any:
-    endpoint = endpoint_from_env(os.environ.get("OLLAMA_HOST", ""))
-    try:
-        reply = httpx.request(
-            method, endpoint + path, json=body, params=params, headers=client_headers(), timeout=TIMEOUT_S
-        )
-    except httpx.HTTPError as exc:
-        raise KeysError(f"could not reach {endpoint}: {exc}") from None
-    if reply.status_code >= 400:
-        try:
-            error = reply.json()["error"]
-        except (ValueError, KeyError, TypeError):
-            error = reply.text.strip() or f"status {reply.status_code}"
-        raise KeysError(error if isinstance(error, str) else json.dumps(error))
+    with Api() as api:
+        reply = api.request(method, path, body, params=params)
     return reply.json() if reply.content else None
 
 
@@ -81,7 +54,7 @@ def list_keys(_args: argparse.Namespace) -> int:
                 key.get("created_at", ""),
             ]
         )
-    _table(rows)
+    sys.stdout.write(table(rows))
     return 0
 
 
@@ -100,15 +73,9 @@ def usage(args: argparse.Namespace) -> int:
             rows.append([key["name"], row["model"], *(str(row[f]) for f in USAGE_FIELDS)])
     totals = answer["totals"]
     rows.append(["(all)", "", *(str(totals[f]) for f in USAGE_FIELDS)])
-    _table(rows)
+    sys.stdout.write(table(rows))
     print(f"from {answer['since']} to {answer['until']}", file=sys.stderr)
     return 0
-
-
-def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("    ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def add_parser(sub: Any) -> None:
@@ -131,10 +98,5 @@ def add_parser(sub: Any) -> None:
     keys.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> None:
-    try:
-        code = args.action_func(args)
-    except KeysError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    raise SystemExit(code)
+def run(args: argparse.Namespace) -> int:
+    return args.action_func(args)

@@ -1,0 +1,334 @@
+"""The ``corral`` client commands as real subprocesses, against the session's server (a worker,
+and a cluster from ``corral up``) and a real registry: what they print, on which stream, and
+their exit status, as ``ollama``'s commands of the same names."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.model import MODEL_NAME
+from tests.support.servers import Server, free_port
+
+pytestmark = pytest.mark.integration
+
+ANSWER_OPTIONS = "PARAMETER temperature 0\nPARAMETER num_predict 8\n"
+
+
+def corral(server_url: str, *args: str, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OLLAMA_HOST": server_url}
+    return subprocess.run(
+        [sys.executable, "-m", "corral.cli", *args],
+        input=stdin if stdin is not None else "",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def on_a_terminal(server_url: str, *args: str, timeout: float = 300) -> tuple[int, str, str]:
+    """Run with stderr on a pseudo-terminal (where the progress bars are drawn); stdout piped."""
+    master, slave = pty.openpty()
+    env = {**os.environ, "OLLAMA_HOST": server_url, "COLUMNS": "100", "TERM": "xterm"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    screen = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    out = proc.communicate(timeout=30)[0]
+    return proc.wait(), out.decode(), screen.decode(errors="replace")
+
+
+def no_traceback(done: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.fixture
+def modelfile(tmp_path: Path, gguf_path: Path) -> Path:
+    (tmp_path / "smol.gguf").symlink_to(gguf_path)
+    path = tmp_path / "Modelfile"
+    path.write_text(f'FROM ./smol.gguf\nSYSTEM "You answer in one word."\n{ANSWER_OPTIONS}')
+    return path
+
+
+def test_create_list_show_run_cp_rm(worker: Server, serving: str, modelfile: Path) -> None:
+    name = f"cli-made-{serving}"
+    made = corral(worker.url, "create", name, "-f", str(modelfile))
+    assert made.returncode == 0, made.stderr
+    steps = made.stderr.splitlines()  # not a terminal: one line per step, on stderr
+    assert steps[0] == f"{name}: gathering model components", steps
+    assert any(re.fullmatch(rf"{name}: copying file sha256:[0-9a-f]{{64}}", s) for s in steps), steps
+    assert f"{name}: parsing GGUF" in steps and steps[-1] == f"{name}: success", steps
+    assert made.stdout == ""
+
+    listed = corral(worker.url, "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert re.fullmatch(r"NAME +ID +SIZE +MODIFIED +", lines[0]) and lines[0].endswith(" "), lines
+    row = next(line for line in lines if line.startswith(f"{name}:latest "))
+    assert re.fullmatch(rf"{name}:latest +[0-9a-f]{{12}} +\d+(\.\d)? MB +(Less than a second|\d+ seconds) ago +", row)
+    assert corral(worker.url, "ls", "CLI-MADE").stdout.splitlines()[1:] == [row]  # prefix, any case
+
+    shown = corral(worker.url, "show", name)
+    assert shown.returncode == 0, shown.stderr
+    assert "  Model\n    architecture        llama    " in shown.stdout, shown.stdout
+    assert "  System\n    You answer in one word.    \n" in shown.stdout
+    assert re.search(r"  Parameters\n(    \S+ +\S+ +\n)+", shown.stdout)
+    assert "temperature    0 " in shown.stdout
+    assert corral(worker.url, "show", name, "--system").stdout == "You answer in one word."
+    assert "FROM " in corral(worker.url, "show", name, "--modelfile").stdout
+    both = corral(worker.url, "show", name, "--system", "--template")
+    assert both.returncode == 1 and both.stderr.startswith("Error: only one of '--license', '--modelfile'")
+
+    answered = corral(worker.url, "run", name, "Name", "a", "colour.")
+    assert answered.returncode == 0, answered.stderr
+    assert answered.stdout.strip() and answered.stdout.endswith("\n\n"), repr(answered.stdout)
+    again = corral(worker.url, "run", name, "Name a colour.")
+    assert again.stdout == answered.stdout  # temperature 0: the same words
+    piped = corral(worker.url, "run", name, "--verbose", stdin="Name a colour.")
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.strip(), piped.stderr
+    stats = dict(line.split(":", 1) for line in piped.stderr.splitlines() if ":" in line)
+    assert re.fullmatch(r" +[1-8] token\(s\)", stats["eval count"]), piped.stderr  # num_predict 8
+    assert re.fullmatch(r" +\d+\.\d\d tokens/s", stats["eval rate"]), piped.stderr
+    assert re.fullmatch(r"total duration: {7}\S+s", piped.stderr.splitlines()[0]), piped.stderr
+
+    copied = corral(worker.url, "cp", name, name + "-copy")
+    assert (copied.returncode, copied.stdout) == (0, f"copied '{name}' to '{name}-copy'\n"), copied.stderr
+    removed = corral(worker.url, "rm", name, name + "-copy")
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout == f"deleted '{name}'\ndeleted '{name}-copy'\n"
+    assert name not in corral(worker.url, "list").stdout
+
+
+def test_ps_before_and_after_stop(worker: Server, serving: str) -> None:
+    loaded = corral(worker.url, "run", MODEL_NAME, "--keepalive", "10m", "Say hi.")
+    assert loaded.returncode == 0, loaded.stderr
+    ps = corral(worker.url, "ps")
+    assert ps.returncode == 0, ps.stderr
+    header, *rows = ps.stdout.splitlines()
+    cluster = serving == "cluster"
+    expected = ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"] + (["WORKERS"] if cluster else [])
+    assert header.split() == expected, ps.stdout
+    row = next(r for r in rows if r.startswith(MODEL_NAME + " "))
+    assert re.search(r" 100% CPU +\d+ +(9|10) minutes from now ", row), row
+    if cluster:
+        assert re.search(r"from now +\S+ +$", row), row  # the worker holding it
+    stopped = corral(worker.url, "stop", MODEL_NAME)
+    assert (stopped.returncode, stopped.stdout) == (0, ""), stopped.stderr
+    deadline = time.monotonic() + 30
+    while MODEL_NAME in corral(worker.url, "ps").stdout:
+        assert time.monotonic() < deadline, "still loaded after stop"
+        time.sleep(0.5)
+    missing = corral(worker.url, "stop", "no-such-model")
+    assert (missing.returncode, missing.stderr) == (1, 'Error: couldn\'t find model "no-such-model" to stop\n')
+
+
+def test_pull_and_push_through_a_registry(worker: Server, serving: str, upstream) -> None:
+    registry, seeded = upstream
+    reference = seeded.reference
+    try:
+        pulled = corral(worker.url, "pull", "--insecure", reference)
+        assert pulled.returncode == 0, pulled.stderr
+        steps = pulled.stderr.splitlines()
+        assert steps[0] == f"{reference}: pulling manifest" and steps[-1] == f"{reference}: success", steps
+        assert len(steps) < 20, "one line per step, not one per progress tick"
+        assert reference in corral(worker.url, "list").stdout
+
+        # On a terminal: ollama's bars (the layers are there now: pulled again, each at 100%).
+        code, out, screen = on_a_terminal(worker.url, "pull", "--insecure", reference)
+        assert code == 0 and out == "", screen
+        assert re.search(r"pulling [0-9a-f]{12}: 100% ▕█+▏ +\d", screen), screen
+        assert "writing manifest" in screen and "success" in screen
+
+        pushed_name = f"{reference.rsplit(':', 1)[0]}:pushed-{serving}"
+        assert corral(worker.url, "cp", reference, pushed_name).returncode == 0
+        pushed = corral(worker.url, "push", "--insecure", pushed_name)
+        assert pushed.returncode == 0, pushed.stderr
+        assert pushed.stderr.splitlines()[-1] == f"{pushed_name}: success", pushed.stderr
+        assert pushed.stdout == f"\nYou can find your model at:\n\n\t{pushed_name}\n"
+        tags = httpx.get(f"{registry.url}/v2/{seeded.repo}/tags/list", timeout=30).json()["tags"]
+        assert f"pushed-{serving}" in tags
+        corral(worker.url, "rm", pushed_name)
+    finally:
+        corral(worker.url, "rm", reference)
+    missing = corral(worker.url, "pull", "--insecure", reference.rsplit(":", 1)[0] + ":no-such-tag")
+    assert missing.returncode == 1
+    assert missing.stderr.splitlines()[-1] == "Error: pull model manifest: file does not exist", missing.stderr
+
+
+def test_errors_read_as_ollama_says_them(worker: Server, tmp_path: Path) -> None:
+    unknown = corral(worker.url, "show", "no-such-model")
+    assert unknown.returncode == 1 and unknown.stdout == ""
+    assert re.fullmatch(r"Error: model 'no-such-model(:latest)?' not found\n", unknown.stderr), unknown.stderr
+    no_traceback(unknown)
+    gone = corral(f"127.0.0.1:{free_port()}", "list")
+    assert (gone.returncode, gone.stderr) == (1, "Error: could not connect to ollama server, run 'ollama serve' to start it\n")
+    bad = tmp_path / "Modelfile"
+    bad.write_text("FROM smollm2:135m\nFOO bar\n")
+    unparsed = corral(worker.url, "create", "x", "-f", str(bad))
+    assert unparsed.returncode == 1 and unparsed.stderr.startswith("Error: (line 2): command must be one of "), unparsed.stderr
+    no_traceback(unparsed)
+    missing_file = corral(worker.url, "create", "x", "-f", str(tmp_path / "nothing-here"))
+    assert (missing_file.returncode, missing_file.stderr) == (1, "Error: no Modelfile or safetensors files found\n")
+    think = corral(worker.url, "run", MODEL_NAME, "--think=sometimes", "hi")
+    assert think.stderr == 'Error: invalid value for --think: "sometimes" (must be true, false, high, medium, low, or max)\n'
+    keepalive = corral(worker.url, "run", MODEL_NAME, "--keepalive", "soon", "hi")
+    assert keepalive.stderr == 'Error: time: invalid duration "soon"\n'
+
+
+def test_version(worker: Server) -> None:
+    done = corral(worker.url, "--version")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert re.fullmatch(r"ollama version is \d+\.\d+\.\d+", lines[0]), lines
+    assert re.fullmatch(r"corral version is \S+", lines[-1]), lines
+    down = corral(f"127.0.0.1:{free_port()}", "-v")
+    assert down.stdout.splitlines()[0] == "Warning: could not connect to a running Ollama instance"
+
+
+class Tmux:
+    """A real terminal: a tmux session running one command; keys in, the screen out."""
+
+    def __init__(self, tmp_path: Path, command: str, env: dict[str, str]) -> None:
+        self.name = f"corral-{os.getpid()}-{time.monotonic_ns()}"
+        self.socket = str(tmp_path / "tmux.sock")
+        exports = " ".join(f"{k}={v}" for k, v in env.items())
+        shell = f"env {exports} {command}; echo EXIT=$?; sleep 600"
+        self.tmux("new-session", "-d", "-s", self.name, "-x", "120", "-y", "40", shell)
+
+    def tmux(self, *args: str) -> str:
+        done = subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", self.name, *keys)
+
+    def type(self, text: str) -> None:
+        self.tmux("send-keys", "-t", self.name, "-l", text)
+        self.keys("Enter")
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", self.name, "-S", "-200")
+
+    def wait_for(self, predicate, what: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if predicate(screen):
+                return screen
+            assert time.monotonic() < deadline, f"waited {timeout}s for {what}; the screen:\n{screen}"
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=30)
+
+
+IDLE = ">>> Send a message (/? for help)"  # the empty prompt shows the placeholder
+
+
+def after(screen: str, typed: str) -> str | None:
+    """What the chat printed after the last ``typed`` line, once it waits for the next message
+    (None while it is still busy)."""
+    head, found, tail = screen.rpartition(typed + "\n")
+    if not found:
+        return None
+    lines = [line for line in tail.splitlines() if line.strip()]
+    if not lines or not lines[-1].startswith(IDLE):
+        return None
+    return "\n".join(lines[:-1])
+
+
+def test_interactive_chat_in_a_terminal(worker: Server, tmp_path: Path) -> None:
+    env = {"OLLAMA_HOST": worker.url, "TERM": "xterm-256color", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    term = Tmux(tmp_path, f"{sys.executable} -m corral.cli run {MODEL_NAME}", env)
+
+    def say(text: str, what: str, timeout: float = 60) -> str:
+        line = ">>> " + text + "\n"
+        before = term.screen().count(line)
+        term.type(text)
+        screen = term.wait_for(lambda s: s.count(line) > before and after(s, line[:-1]) is not None, what, timeout)
+        return after(screen, line[:-1]) or ""
+
+    try:
+        term.wait_for(lambda s: s.strip().startswith(IDLE), "the first prompt")
+        assert say("/set parameter temperature 0", "the parameter") == "Set parameter 'temperature' to '0'"
+        assert say("/set parameter num_predict 12", "num_predict") == "Set parameter 'num_predict' to '12'"
+        first = say("Name a colour.", "the first answer")
+        assert say("/clear", "/clear") == "Cleared session context"
+        second = say("Name a colour.", "the second answer")
+        assert first and first == second  # temperature 0, the same conversation: the same words
+
+        term.type('"""Say the word')
+        term.type('yes."""')
+        term.wait_for(lambda s: after(s, '... yes."""') is not None, 'an answer to the """ message')
+        assert re.search(r'>>> """Say the word\n+\.\.\. yes\."""\n', term.screen()), term.screen()
+        assert after(term.screen(), '... yes."""'), "answered"
+
+        assert say("/set parameter num_predict 4000", "num_predict 4000") == "Set parameter 'num_predict' to '4000'"
+        story = "Tell me a very long story about a cat."
+        term.type(story)
+        term.wait_for(lambda s: len(s.rpartition(story)[2].strip()) > 40, "the story to start")
+        # A person reads a little first. (A Ctrl-C within the first few hundred ms of an answer,
+        # sent by tmux, can reach the terminal before prompt_toolkit has handed it back, and is lost.)
+        time.sleep(1.5)
+        assert after(term.screen(), ">>> " + story) is None  # still answering (4000 tokens take ~30 s here)
+        term.keys("C-c")
+        term.wait_for(lambda s: after(s, ">>> " + story) is not None, "Ctrl-C to stop the answer", timeout=15)
+
+        shown = say("/show parameters", "/show parameters")
+        assert "User defined parameters:" in shown and re.search(r"temperature +0\b", shown), shown
+        term.type("/bye")
+        term.wait_for(lambda s: "EXIT=0" in s, "/bye to exit 0")
+        assert "Traceback" not in term.screen()
+    finally:
+        term.close()
+
+
+def test_the_client_needs_no_server_extras(worker: Server) -> None:
+    """``pip install corral`` without extras is a working client: no command of it loads
+    llama.cpp or the router's libraries."""
+    probe = (
+        "import sys\n"
+        "from corral.cli import main\n"
+        "for argv in (['list'], ['ps'], ['show', sys.argv[1]], ['--version']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, argv\n"
+        "extras = ('llama_cpp', 'numpy', 'gunicorn', 'uvicorn_worker', 'hiredis')\n"
+        "print('LOADED', [m for m in extras if m in sys.modules])\n"
+    )
+    env = {**os.environ, "OLLAMA_HOST": worker.url}
+    done = subprocess.run([sys.executable, "-c", probe, MODEL_NAME], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "LOADED []", done.stdout
