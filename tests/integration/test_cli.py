@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -332,3 +333,45 @@ def test_the_client_needs_no_server_extras(worker: Server) -> None:
     done = subprocess.run([sys.executable, "-c", probe, MODEL_NAME], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "LOADED []", done.stdout
+
+
+def test_create_quantize_gets_the_servers_answer(worker: Server, modelfile: Path) -> None:
+    done = corral(worker.url, "create", "cli-quantized", "-f", str(modelfile), "--quantize", "q4_K_M")
+    assert done.returncode == 1
+    no_traceback(done)
+    assert done.stderr.splitlines()[-1] == (  # a streamed call's error, with its status line, as ollama shows it
+        "Error: 400 Bad Request: quantization is not supported; quantize GGUF models with llama.cpp tools before "
+        "importing"
+    ), done.stderr
+
+
+def test_ctrl_c_stops_a_pull_and_run_pulls_a_missing_model_first(worker: Server, upstream) -> None:
+    _, seeded = upstream
+    reference = seeded.reference
+    corral(worker.url, "rm", reference)  # absent, whatever ran before
+    env = {**os.environ, "OLLAMA_HOST": worker.url}
+    pulling = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli", "pull", "--insecure", reference],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    first = pulling.stderr.readline()
+    assert first == f"{reference}: pulling manifest\n", first
+    pulling.send_signal(signal.SIGINT)
+    code = pulling.wait(timeout=30)
+    rest = pulling.stderr.read()
+    pulling.stdout.close()
+    pulling.stderr.close()
+    assert code in (0, 130), rest  # stopped (130, as a shell reports Ctrl-C), or it had just finished
+    assert "Traceback" not in rest, rest
+    try:
+        ran = corral(worker.url, "run", "--insecure", reference, "Say hi.")
+        assert ran.returncode == 0, ran.stderr
+        steps = ran.stderr.splitlines()
+        assert steps[0] == f"{reference}: pulling manifest" and f"{reference}: success" in steps, steps
+        assert ran.stdout.strip(), ran.stderr
+    finally:
+        corral(worker.url, "rm", reference)

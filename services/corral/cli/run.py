@@ -48,14 +48,14 @@ class Session:
         return body
 
 
-def ensure_model(api: Api, model: str) -> dict[str, Any]:
+def ensure_model(api: Api, model: str, *, insecure: bool = False) -> dict[str, Any]:
     """The model's ``/api/show``; a model the server lacks is pulled first."""
     try:
         return api.json("POST", "/api/show", {"model": model})
     except CliError as exc:
         if exc.status != 404:
             raise
-    transfer(api, "/api/pull", model, insecure=False)
+    transfer(api, "/api/pull", model, insecure=insecure)
     return api.json("POST", "/api/show", {"model": model})
 
 
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
             prompts.insert(0, piped)
     interactive = not prompts and sys.stdin.isatty() and sys.stdout.isatty()
     with Api() as api:
-        info = ensure_model(api, session.model)
+        info = ensure_model(api, session.model, insecure=args.insecure)
         capabilities = info.get("capabilities") or []
         if session.think is None and "thinking" in capabilities:
             session.think = True
@@ -232,4 +232,5 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--hidethinking", action="store_true", help="hide thinking output (if provided)")
     p.add_argument("--nowordwrap", action="store_true", help="don't wrap words to the next line automatically")
+    p.add_argument("--insecure", action="store_true", help="use an insecure registry (when the model is pulled first)")
     p.set_defaults(func=run)
