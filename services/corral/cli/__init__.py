@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from corral.cli import create, keys, models, run, servers, transfer, version
 from corral.cli.client import CliError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes read as every other failure does, ``Error: ...`` with status 1, as with
+    ``ollama`` (argparse's own way is the usage text and status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"Error: {message}", file=sys.stderr)
+        raise SystemExit(1)
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="corral", description="An Ollama-compatible LLM serving cluster.")
+    top = _Parser(prog="corral", description="An Ollama-compatible LLM serving cluster.")
     top.add_argument("-v", "--version", action="store_true", help="show the client's and the server's version")
     sub = top.add_subparsers(dest="command")
     servers.add_parsers(sub)
