@@ -476,39 +476,34 @@ def main(argv: list[str] | None = None) -> int:
             if args.pin_router_cpus:
                 pin([router.pid] + ([keyed.pid] if keyed is not None else []), args.pin_router_cpus[0])
                 pin([f.pid for f in fakes] + [redis.pid, registry.pid, os.getpid()], args.pin_router_cpus[1])
-            for target, url, wrk_lua, pid in targets:
-                # Not recorded: a router's first seconds under load (its first connections to the
-                # worker, Redis loading its scripts, a key's first admissions) are not its steady cost.
-                phase = f"wrk warm-up of the {target}"
-                run_wrk(
-                    f"{target}, warm-up",
+
+            def router_run(label: str, target: str, url: str, wrk_lua: Path, pid: int, c: int, **extra) -> WrkRun:
+                """One non-streamed wrk run against a router of ``targets``."""
+                return run_wrk(
+                    label,
                     target,
                     url + "/api/generate",
                     wrk_lua,
                     stream=False,
                     tokens=1,
-                    connections=max(args.connection_list),
+                    connections=c,
                     router_pid=pid,
-                    **{**common, "seconds": WARM_UP_S},
+                    **{**common, **extra},
+                )
+
+            for target, url, wrk_lua, pid in targets:
+                # Not recorded: a router's first seconds under load (its first connections to the
+                # worker, Redis loading its scripts, a key's first admissions) are not its steady cost.
+                phase = f"wrk warm-up of the {target}"
+                router_run(
+                    f"{target}, warm-up", target, url, wrk_lua, pid, max(args.connection_list), seconds=WARM_UP_S
                 )
             for c in args.connection_list:
                 for i in range(args.wrk_repeats):
                     for target, url, wrk_lua, pid in targets:
                         phase = f"wrk against the {target}, {c} connections, run {i + 1}"
-                        record(
-                            run_wrk(
-                                f"{target}, non-streamed, c={c}",
-                                target,
-                                url + "/api/generate",
-                                wrk_lua,
-                                stream=False,
-                                tokens=1,
-                                connections=c,
-                                router_pid=pid,
-                                upstream_port=upstream,
-                                **common,
-                            )
-                        )
+                        label = f"{target}, non-streamed, c={c}"
+                        record(router_run(label, target, url, wrk_lua, pid, c, upstream_port=upstream))
             if keyed is not None:
                 # Keys on against off, side by side: both routers under the same load at the same
                 # time, sharing their CPUs, so that the machine's drift (this VM's CPU time per
@@ -519,16 +514,13 @@ def main(argv: list[str] | None = None) -> int:
                         with ThreadPoolExecutor(len(targets)) as pool:
                             pair = [
                                 pool.submit(
-                                    run_wrk,
+                                    router_run,
                                     f"{target}, non-streamed, c={c}, side by side",
                                     target + SIDE_BY_SIDE,
-                                    url + "/api/generate",
+                                    url,
                                     wrk_lua,
-                                    stream=False,
-                                    tokens=1,
-                                    connections=c,
-                                    router_pid=pid,
-                                    **common,
+                                    pid,
+                                    c,
                                 )
                                 for target, url, wrk_lua, pid in targets
                             ]
