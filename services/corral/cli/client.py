@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -75,14 +76,20 @@ class Api:
     def __exit__(self, *_exc: object) -> None:
         self.http.close()
 
-    def request(self, method: str, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
-        """One call; a 4xx or 5xx becomes its ``CliError``."""
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """A failure to reach the server (or to hear all of its answer) as the user is told it."""
         try:
-            reply = self.http.request(method, path, json=body, **kwargs)
+            yield
         except httpx.ConnectError:
             raise CliError(UNREACHABLE) from None
         except httpx.HTTPError as exc:
             raise CliError(f"{self.endpoint}: {exc or type(exc).__name__}") from None
+
+    def request(self, method: str, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
+        """One call; a 4xx or 5xx becomes its ``CliError``."""
+        with self._reaching():
+            reply = self.http.request(method, path, json=body, **kwargs)
         if reply.status_code >= 400:
             raise CliError(error_text(reply.content, reply.status_code), reply.status_code)
         return reply
@@ -93,19 +100,14 @@ class Api:
 
     def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """An NDJSON stream's objects; an ``{"error"}`` line (or a failed status) raises."""
-        try:
-            with self.http.stream("POST", path, json=body, timeout=STREAM_TIMEOUT) as reply:
-                if reply.status_code >= 400:  # as ollama's streaming calls say it: with the status line
-                    status = f"{reply.status_code} {reply.reason_phrase}".strip()
-                    raise CliError(f"{status}: {error_text(reply.read(), reply.status_code)}", reply.status_code)
-                for line in reply.iter_lines():
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    if "error" in event:
-                        raise CliError(error_text(line, reply.status_code))
-                    yield event
-        except httpx.ConnectError:
-            raise CliError(UNREACHABLE) from None
-        except httpx.HTTPError as exc:
-            raise CliError(f"{self.endpoint}: {exc or type(exc).__name__}") from None
+        with self._reaching(), self.http.stream("POST", path, json=body, timeout=STREAM_TIMEOUT) as reply:
+            if reply.status_code >= 400:  # as ollama's streaming calls say it: with the status line
+                status = f"{reply.status_code} {reply.reason_phrase}".strip()
+                raise CliError(f"{status}: {error_text(reply.read(), reply.status_code)}", reply.status_code)
+            for line in reply.iter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if "error" in event:
+                    raise CliError(error_text(line, reply.status_code))
+                yield event
