@@ -21,7 +21,7 @@ from corral.api.errors import CorralError
 from corral.api.options import parse_parameter
 from corral.cli.client import Api, CliError
 from corral.cli.models import show_info
-from corral.cli.run import Session, answer
+from corral.cli.run import Session, answer, load
 from corral.gocompat import format_float
 
 PROMPT = ">>> "
@@ -153,7 +153,7 @@ class Chat:
                 session.model = rest[0]
                 session.messages = []
                 try:
-                    self.api.request("POST", "/api/generate", session.body(prompt="", stream=False))
+                    load(self.api, session)
                 except CliError as exc:
                     print(f"Error: {exc}")
         else:
@@ -256,5 +256,5 @@ def chat(api: Api, session: Session) -> int:
     # (a service manager, a test harness) had SIGINT ignored: Python would then never raise it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     # Load the model first, as ollama does, so the first answer does not wait for it.
-    api.request("POST", "/api/generate", session.body(prompt="", stream=False))
+    load(api, session)
     return Chat(api, session).run()

@@ -48,6 +48,11 @@ class Session:
         return body
 
 
+def load(api: Api, session: Session) -> None:
+    """Load the session's model (with its keep-alive) without asking it anything."""
+    api.request("POST", "/api/generate", session.body(prompt="", stream=False))
+
+
 def ensure_model(api: Api, model: str, *, insecure: bool = False) -> dict[str, Any]:
     """The model's ``/api/show``; a model the server lacks is pulled first."""
     try:
