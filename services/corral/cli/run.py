@@ -204,6 +204,9 @@ def run(args: argparse.Namespace) -> int:
         if "embedding" in capabilities:
             return embed(api, session, " ".join(prompts))
         if not interactive:
+            if not "".join(prompts).strip():
+                load(api, session)  # nothing asked (empty stdin): the model is loaded, nothing printed
+                return 0
             try:
                 answer(api, session, "/api/generate", session.body(prompt=" ".join(prompts)))
             except KeyboardInterrupt:
