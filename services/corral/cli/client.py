@@ -94,6 +94,14 @@ class Api:
             raise CliError(error_text(reply.content, reply.status_code), reply.status_code)
         return reply
 
+    def exists(self, path: str) -> bool:
+        """``HEAD path``: 200 is there, 404 is not, anything else is the server's error."""
+        with self._reaching():
+            reply = self.http.head(path)
+        if reply.status_code not in (200, 404):
+            raise CliError(error_text(reply.content, reply.status_code), reply.status_code)
+        return reply.status_code == 200
+
     def json(self, method: str, path: str, body: Any = None) -> Any:
         reply = self.request(method, path, body)
         return reply.json() if reply.content else None

@@ -48,7 +48,7 @@ def _upload(api: Api, path: Path, digest: str, progress: Progress) -> None:
     """``HEAD /api/blobs/<digest>``, then the file if the server lacks it."""
     size = path.stat().st_size
     status = f"copying file {digest}"
-    if api.http.head(f"/api/blobs/{digest}").status_code == 200:
+    if api.exists(f"/api/blobs/{digest}"):
         # Shown all the same, done: ollama prints this line for every file it names.
         progress.update({"status": status, "digest": digest, "total": size, "completed": size})
         return
