@@ -256,8 +256,9 @@ class Probe:
     @property
     def malformed(self) -> bool:
         """Refused by the HTTP layer before any of Corral's code runs, with a 4xx and a closed
-        connection: TRACE and methods outside HTTP's registry, a NUL in the path (nginx)."""
-        return self.method not in KNOWN_METHODS or "%00" in self.path
+        connection: TRACE and methods outside HTTP's registry, a NUL in the path or a path that
+        climbs above the root (nginx: 400, and it ends the connection)."""
+        return self.method not in KNOWN_METHODS or "%00" in self.path or "%2e%2e/%2e%2e" in self.path
 
     @property
     def own_connection(self) -> bool:
