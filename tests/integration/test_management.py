@@ -124,6 +124,45 @@ def test_head_is_answered_like_get(http, path):
     assert http.head(path).status_code == 200
 
 
+# -- ollama.com's routes, as Ollama answers them with its cloud disabled and no account ----------
+
+
+def test_status_says_the_cloud_is_disabled(http):
+    r = http.get("/api/status")
+    assert (r.status_code, r.json()) == (200, {"cloud": {"disabled": True, "source": "env"}})
+    assert r.headers["content-type"] == JSON_UTF8
+
+
+def test_account_routes_say_no_one_is_signed_in(http):
+    assert_error(http.post("/api/me"), 401, "unauthorized")
+    assert_error(http.post("/api/signout"), 401, "you are not currently signed in")
+    assert_error(http.delete("/api/user/keys/c3NoLWVkMjU1MTkgQUFBQQ"), 401, "you are not currently signed in")
+
+
+@pytest.mark.parametrize(("path", "body"), [("/api/experimental/web_search", {"query": "latest ollama release"}),
+                                            ("/api/experimental/web_fetch", {"url": "https://ollama.com"})])
+def test_web_search_and_fetch_are_refused_as_cloud_features(http, path, body):
+    operation = "web search" if path.endswith("search") else "web fetch"
+    assert_error(http.post(path, json=body), 403, f"ollama cloud is disabled: {operation} is unavailable")
+    # Ollama checks the body first; nothing in it is parsed, so junk is the same refusal.
+    assert_error(http.post(path, content=b"  \n "), 400, "missing request body")
+    assert_error(http.post(path, content=b"\xff{not json"), 403, f"ollama cloud is disabled: {operation} is unavailable")
+    assert http.get("/api/version").status_code == 200  # the connection and the server live on
+
+
+def test_model_recommendations_are_empty(http):
+    r = http.get("/api/experimental/model-recommendations")
+    assert (r.status_code, r.json()) == (200, {"recommendations": []})
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/api/status"), ("GET", "/api/me"), ("GET", "/api/signout"),
+                                              ("GET", "/api/experimental/web_search"),
+                                              ("POST", "/api/experimental/model-recommendations")])
+def test_cloud_routes_refuse_other_methods(http, method, path):
+    r = http.request(method, path)
+    assert (r.status_code, r.text) == (405, "405 method not allowed")
+
+
 @pytest.mark.parametrize(("method", "path"), [("GET", "/api/nope"), ("POST", "/api/nope"), ("GET", "/nope/deeper")])
 def test_unknown_route_is_plain_text_404(http, method, path):
     r = http.request(method, path)

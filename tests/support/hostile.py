@@ -281,7 +281,9 @@ DIGESTS = ["sha256:" + "0" * 64, "sha256:" + "a" * 63, "sha256:..%2F..%2Fetc%2Fp
            "md5:abc", "", "sha256:" + "g" * 64, "%00", "sha256:" + "0" * 64 + "/../../x", "a" * 2000]
 PATHS = ["/api", "/api/", "/api/generate/x", "/v1", "/v1/models/" + quote("../../etc"), "/v1/models/%00",
          "/api/tags?x=" + "y" * 3000, "/%2e%2e/%2e%2e/", "/api/cluster/workers", "/api/ps", "/api/version",
-         "/metrics", "/api/blobs/", "/nope", "//api//tags"]
+         "/metrics", "/api/blobs/", "/nope", "//api//tags", "/api/status", "/api/me", "/api/signout",
+         "/api/user/keys/" + quote("../../x"), "/api/user/keys/%00", "/api/experimental/web_search",
+         "/api/experimental/web_fetch", "/api/experimental/model-recommendations"]
 
 
 @st.composite

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.api import OLLAMA_VERSION, requests
+from corral.api.cloud import router as cloud_router
 from corral.api.http import (
     json_response,
     read_json,
@@ -278,6 +279,7 @@ def create_app(settings: RouterSettings) -> FastAPI:
     app.include_router(router)
     app.include_router(admin_router)
     app.include_router(models_router)
+    app.include_router(cloud_router)
     app.add_middleware(ForwardShortcut, routes=_FORWARD_ROUTES)
     app.add_middleware(FreshModelsMiddleware)
     if settings.CORRAL_AUTH == "keys":

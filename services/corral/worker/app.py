@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from corral.api.cloud import router as cloud_router
 from corral.api.http import serve_ollama_api
 from corral.cluster.model_times import RedisModelTimes
 from corral.cluster.workers import MODELS_GENERATION_HEADER
@@ -182,6 +183,7 @@ def create_app(settings: WorkerSettings) -> FastAPI:
     app.state.registration = registration
     app.include_router(router)
     app.include_router(models_router)
+    app.include_router(cloud_router)
     serve_ollama_api(app, settings, metrics)
     if settings.CORRAL_REGISTRY_URL:
         app.add_middleware(ModelsGenerationMiddleware)
