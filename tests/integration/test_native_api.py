@@ -580,6 +580,29 @@ def test_debug_render_only_shows_the_prompt_without_running_it(http):
         http.request("DELETE", "/api/delete", json={"model": "render-check"})
 
 
+def test_think_levels_reach_the_template(http):
+    """``think`` as a level turns thinking on and is the template's .ThinkLevel; true is "medium"."""
+    r = http.post("/api/create", json={
+        "model": "level-check", "from": "smollm2:135m", "stream": False,
+        "template": "{{ if .Think }}[think {{ .ThinkLevel }}]{{ end }}{{ if .IsThinkSet }}[set]{{ end }}{{ .Prompt }}",
+    })
+    assert r.status_code == 200, r.text
+    try:
+        def rendered(**fields) -> str:
+            r = http.post("/api/generate", json={"model": "level-check", "prompt": "Hi", "_debug_render_only": True,
+                                                 **fields})
+            assert r.status_code == 200, r.text
+            return r.json()["_debug_info"]["rendered_template"]
+
+        for level in ("low", "medium", "high", "max"):
+            assert rendered(think=level) == f"[think {level}][set]Hi"
+        assert rendered(think=True) == "[think medium][set]Hi"
+        assert rendered(think=False) == "[set]Hi"
+        assert rendered() == "[think medium][set]Hi"  # unset on a thinking model is true, as Ollama sets it
+    finally:
+        http.request("DELETE", "/api/delete", json={"model": "level-check"})
+
+
 THINKING_TEMPLATE = (
     "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
     "<|im_start|>assistant\n{{ if .Think }}<think>\n{{ end }}"

@@ -36,7 +36,7 @@ from corral.store.names import is_valid_name
 from corral.worker import engine as eng
 from corral.worker.grammar import format_grammar
 from corral.worker.metrics import WorkerMetrics
-from corral.worker.prompt import ChatTemplate, looks_like_tool_call, parse_tool_calls
+from corral.worker.prompt import ChatTemplate, Think, looks_like_tool_call, parse_tool_calls
 from corral.worker.scheduler import Lease, Scheduler
 from corral.worker.settings import WorkerSettings
 from corral.worker.textstream import TextStream, ThinkingSplitter
@@ -150,25 +150,25 @@ class Inference:
         )
 
     @staticmethod
-    def _think(value: Any) -> bool | None:
-        if value is None:
-            return None
-        if isinstance(value, bool):
+    def _think(value: Any) -> Think:
+        if value is None or isinstance(value, bool):
             return value
         if not isinstance(value, str):
             raise BadRequestError('think must be a boolean or string ("high", "medium", "low", "max", true, or false)')
         if value in _THINK_LEVELS:
-            return True
+            return value  # on, and the template's .ThinkLevel
         raise BadRequestError(
             f"invalid think value: {json.dumps(value, ensure_ascii=False)} "
             '(must be "high", "medium", "low", "max", true, or false)'
         )
 
     @staticmethod
-    def _check_think(model: Model, name: str, think: bool | None) -> bool | None:
-        """Ollama: think on a model that can't is a 400; unset on one that can means on."""
+    def _check_think(model: Model, name: str, think: Think, *, relax: bool = False) -> Think:
+        """Ollama: think on a model that can't is a 400 (``relax``: unset); unset on one that can means on."""
         capable = "thinking" in model.capabilities
         if think and not capable:
+            if relax:
+                return None
             raise CapabilityError(f'"{name}" does not support thinking')
         if think is None and capable:
             return True
@@ -272,7 +272,7 @@ class Inference:
             lease.release()
 
     def _generate_text(
-        self, model: Model, template: ChatTemplate, prompt: str, system: str | None, suffix: str, think: bool | None
+        self, model: Model, template: ChatTemplate, prompt: str, system: str | None, suffix: str, think: Think
     ) -> str:
         messages = list(model.record.messages or [])
         if messages and template.go is not None and "Messages" in template.variables and not suffix:
@@ -282,7 +282,8 @@ class Inference:
 
     # -- /api/chat ------------------------------------------------------------------------------
 
-    async def chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def chat(self, body: dict[str, Any], *, relax_thinking: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """``relax_thinking``: think on a model that cannot is dropped instead of refused (/v1/messages)."""
         started = time.perf_counter()
         model = await self.resolve(body.get("model"), required_message="model is required")
         name: str = body["model"]  # resolve() takes nothing but a model name
@@ -299,7 +300,7 @@ class Inference:
         if tools and "tools" not in model.capabilities:
             n = model.record.name
             raise CapabilityError(f"{n.host}/{n.namespace}/{n.model}:{n.tag} does not support tools")
-        think = self._check_think(model, name, think)
+        think = self._check_think(model, name, think, relax=relax_thinking)
         if any(m.get("images") for m in messages) and "vision" not in model.capabilities:
             raise CapabilityError(f'"{name}" does not support vision')
         options = self._options(model, body.get("options"))
@@ -358,7 +359,7 @@ class Inference:
         template: ChatTemplate,
         history: list[dict],
         tools: list[dict] | None,
-        think: bool | None,
+        think: Think,
         *,
         limit: int,
         truncate: bool,

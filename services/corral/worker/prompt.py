@@ -23,6 +23,9 @@ from corral.api.errors import BadRequestError
 from corral.gocompat import marshal
 from corral.gotemplate import MISSING, Template, TemplateError
 
+# A request's ``think``: off, on, a level ("low" ... "max", which is on), or unset.
+Think = bool | str | None
+
 # Go field names (as templates read them) for the JSON keys of Ollama's api types.
 _GO_FIELDS = {
     "Role": "role",
@@ -139,7 +142,7 @@ class ChatTemplate:
 
     # -- rendering ---------------------------------------------------------------------
 
-    def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None, think: bool | None = None) -> str:
+    def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None, think: Think = None) -> str:
         if self.go is not None:
             return self._render_go_chat(messages, tools or [], think)
         if self.jinja_source:
@@ -148,7 +151,7 @@ class ChatTemplate:
         lines = [f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages]
         return "\n".join(lines) + "\nassistant: "
 
-    def render_generate(self, prompt: str, *, system: str | None, suffix: str = "", think: bool | None = None) -> str:
+    def render_generate(self, prompt: str, *, system: str | None, suffix: str = "", think: Think = None) -> str:
         if self.go is not None:
             names = self.go.variables()
             if "Messages" in names and not suffix:
@@ -169,7 +172,7 @@ class ChatTemplate:
         except TemplateError as exc:
             raise BadRequestError(f"template error: {exc}") from exc
 
-    def _render_go_chat(self, messages: list[dict], tools: list[dict], think: bool | None) -> str:
+    def _render_go_chat(self, messages: list[dict], tools: list[dict], think: Think) -> str:
         assert self.go is not None
         if "Messages" in self.go.variables():
             system = "\n\n".join(m.get("content", "") for m in messages if m.get("role") == "system")
@@ -185,7 +188,7 @@ class ChatTemplate:
             )
         return self._render_go_legacy(messages, think)
 
-    def _render_go_legacy(self, messages: list[dict], think: bool | None) -> str:
+    def _render_go_legacy(self, messages: list[dict], think: Think) -> str:
         """Templates written for .System/.Prompt/.Response: render turn by turn.
 
         Each user prompt is paired with the assistant reply that follows it; the last
@@ -238,8 +241,10 @@ class ChatTemplate:
             raise BadRequestError(f"template error: {type(exc).__name__}: {exc}") from exc
 
 
-def _think_values(think: bool | None) -> dict[str, Any]:
-    return {"Think": bool(think), "ThinkLevel": "", "IsThinkSet": think is not None}
+def _think_values(think: Think) -> dict[str, Any]:
+    # As Ollama's ThinkValue: a level is itself; a plain true is "medium"; off or unset, "".
+    level = think if isinstance(think, str) else ("medium" if think else "")
+    return {"Think": bool(think), "ThinkLevel": level, "IsThinkSet": think is not None}
 
 
 # -- tool calls in model output ------------------------------------------------------------
