@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import anthropic
 import httpx
 import ollama
 import openai
@@ -175,6 +176,23 @@ def test_the_openai_sdk_sends_its_api_key(cluster: Cluster) -> None:
     with pytest.raises(openai.AuthenticationError) as refused:
         wrong.models.list()
     assert refused.value.code == "invalid_api_key"
+
+
+def test_the_anthropic_sdk_sends_its_api_key(cluster: Cluster) -> None:
+    """x-api-key, as the Anthropic SDK sends it; refusals in Anthropic's envelope and types."""
+    key = new_key(cluster, "anthropic-client", models=[MODEL_NAME])
+    ask = {"model": MODEL_NAME, "max_tokens": 4, "messages": CHAT["messages"]}
+    answer = anthropic.Anthropic(base_url=cluster.endpoint, api_key=key, max_retries=0).messages.create(**ask)
+    assert answer.content and answer.usage.output_tokens
+    with pytest.raises(anthropic.AuthenticationError) as refused:
+        anthropic.Anthropic(base_url=cluster.endpoint, api_key="corral-wrong", max_retries=0).messages.create(**ask)
+    assert refused.value.body["error"] == {"type": "authentication_error", "message": BAD_KEY}
+    with pytest.raises(anthropic.PermissionDeniedError) as forbidden:
+        anthropic.Anthropic(base_url=cluster.endpoint, api_key=key, max_retries=0).messages.create(
+            **{**ask, "model": OTHER_MODEL})
+    assert forbidden.value.body["error"]["message"] == f"this API key may not use model '{OTHER_MODEL}'"
+    r = httpx.post(cluster.endpoint + "/v1/messages", json=ask)
+    assert r.status_code == 401 and r.json()["error"] == {"type": "authentication_error", "message": NO_KEY}
 
 
 def test_langchain_ollama_uses_the_key(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,10 +34,11 @@ GROUPS = {
     "chat": [("POST", "/api/chat")],
     "embeddings": [("POST", "/api/embed"), ("POST", "/api/embeddings"), ("POST", "/v1/embeddings")],
     "openai": [("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/responses")],
+    "anthropic": [("POST", "/v1/messages")],
     "models": [("POST", "/api/show"), ("POST", "/api/create"), ("POST", "/api/copy"), ("DELETE", "/api/delete"),
                ("POST", "/api/pull"), ("POST", "/api/push")],
 }
-EXAMPLES = {"generate": 70, "chat": 70, "embeddings": 50, "openai": 60, "models": 70, "odd": 50}
+EXAMPLES = {"generate": 70, "chat": 70, "embeddings": 50, "openai": 60, "anthropic": 50, "models": 70, "odd": 50}
 
 
 def fuzz(group: str, strategy):
@@ -94,7 +95,7 @@ def test_the_server_still_answers_after_the_fuzzing(target: Server):
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/api/create"])
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/v1/messages", "/api/create"])
 def test_a_body_over_the_limit_is_413_in_the_routes_format(target: Server, path: str, chunked: bool):
     body = json.dumps({"model": MODEL_NAME, "messages": [{"role": "user", "content": "x" * BODY_LIMIT}]}).encode()
     wire = Wire(target.url)

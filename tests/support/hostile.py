@@ -145,6 +145,30 @@ RESPONSES = {"model": model, "input": either(st.one_of(odd_text, st.lists(OPENAI
              "stream": either(st.booleans()), "max_output_tokens": _INT_OPTION, "instructions": either(odd_text),
              "temperature": _FLOAT_OPTION, "tools": either(st.lists(tool, max_size=1)),
              "reasoning": either(st.fixed_dictionaries({"effort": _EFFORT}))}
+_BLOCK = either(st.one_of(
+    st.fixed_dictionaries({"type": st.just("text"), "text": either(odd_text)}),
+    st.fixed_dictionaries({"type": st.just("image"), "source": either(st.fixed_dictionaries(
+        {"type": either(st.sampled_from(["base64", "url", ""])), "data": image}))}),
+    st.fixed_dictionaries({"type": st.just("tool_use"), "id": either(odd_text), "name": either(odd_text),
+                           "input": either(st.dictionaries(small_text, anything, max_size=2))}),
+    st.fixed_dictionaries({"type": st.just("tool_result"), "tool_use_id": either(odd_text),
+                           "content": either(st.one_of(odd_text, st.lists(anything, max_size=2)))}),
+    st.fixed_dictionaries({"type": either(st.sampled_from(["thinking", "redacted_thinking", "document", "bogus"])),
+                           "thinking": either(odd_text)}),
+))
+ANTHROPIC_MESSAGE = either(st.fixed_dictionaries({"role": either(st.sampled_from(["user", "assistant", "USER", "x"])),
+                                                  "content": either(st.one_of(odd_text, st.lists(_BLOCK, max_size=3)))}))
+ANTHROPIC_TOOL = either(st.one_of(st.just({"name": "f", "input_schema": {"type": "object"}}),
+                                  st.just({"type": "web_search_20250305", "name": "web_search"}),
+                                  st.just({"name": "g", "input_schema": "x"})))
+MESSAGES = {"model": model, "max_tokens": _INT_OPTION, "messages": either(st.lists(ANTHROPIC_MESSAGE, max_size=3)),
+            "system": either(st.one_of(odd_text, st.lists(_BLOCK, max_size=2))), "stream": either(st.booleans()),
+            "temperature": _FLOAT_OPTION, "top_p": _FLOAT_OPTION, "top_k": _INT_OPTION,
+            "stop_sequences": either(st.lists(odd_text, max_size=3)), "tools": either(st.lists(ANTHROPIC_TOOL, max_size=2)),
+            "tool_choice": either(st.just({"type": "auto"})), "metadata": either(st.just({"user_id": "u"})),
+            "thinking": either(st.fixed_dictionaries({"type": either(st.sampled_from(["enabled", "disabled", "x"])),
+                                                      "budget_tokens": _INT_OPTION})),
+            "output_config": either(st.fixed_dictionaries({"effort": _EFFORT}))}
 
 # Route -> body fields. Inference routes generate: the generation is kept short (``bounded``).
 BODIES: dict[tuple[str, str], dict[str, st.SearchStrategy]] = {
@@ -153,9 +177,9 @@ BODIES: dict[tuple[str, str], dict[str, st.SearchStrategy]] = {
     ("POST", "/api/copy"): COPY, ("DELETE", "/api/delete"): DELETE, ("POST", "/api/pull"): TRANSFER,
     ("POST", "/api/push"): TRANSFER, ("POST", "/v1/chat/completions"): CHAT_COMPLETION,
     ("POST", "/v1/completions"): COMPLETION, ("POST", "/v1/embeddings"): OPENAI_EMBED,
-    ("POST", "/v1/responses"): RESPONSES,
+    ("POST", "/v1/responses"): RESPONSES, ("POST", "/v1/messages"): MESSAGES,
 }
-GENERATING = {"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions", "/v1/responses"}
+GENERATING = {"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"}
 # Methods that reach Corral's code (nginx refuses TRACE itself, and uvicorn's parser any method
 # outside HTTP's registry).
 KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
@@ -238,7 +262,7 @@ def bounded(path: str, value: Any, raw: bytes, stream: bool) -> bytes:
         return raw
     value = dict(value)
     if path.startswith("/v1/"):
-        value["max_tokens" if path != "/v1/responses" else "max_output_tokens"] = 2
+        value["max_tokens" if path != "/v1/responses" else "max_output_tokens"] = 2  # /v1/messages too
     elif isinstance(value.get("options"), dict):
         value["options"] = {**value["options"], "num_predict": 2}
     elif "options" not in value or value["options"] is None:
@@ -356,7 +380,10 @@ def check_answer(probe: Probe, status: int, headers: dict[str, str], body: bytes
         error = json.loads(body)["error"]
     except (ValueError, KeyError, TypeError):
         raise AssertionError(f"{status} without a JSON error for {probe}: {body[:500]!r}") from None
-    if probe.path.startswith("/v1/"):
+    if probe.path == "/v1/messages":  # Anthropic's envelope
+        assert json.loads(body)["type"] == "error" and isinstance(error.get("type"), str), (probe, body[:500])
+        assert isinstance(error.get("message"), str), (probe, body[:500])
+    elif probe.path.startswith("/v1/"):
         assert isinstance(error, dict) and isinstance(error.get("message"), str), (probe, body[:500])
     else:
         assert isinstance(error, str) and error, (probe, body[:500])

@@ -27,6 +27,7 @@ nothing here has to guess a status from exception text.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 
@@ -168,7 +169,42 @@ def openai_error_body(status: int, message: str, *, type: str | None = None, cod
     }
 
 
-def error_body(exc: CorralError, *, openai: bool) -> dict[str, Any]:
-    if openai:
+# /v1/messages: Anthropic's envelope, its type following the status as Ollama's anthropic package
+# maps it (413 included, which Anthropic itself calls request_too_large).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
+    return {
+        "type": "error",
+        "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
+        "request_id": f"req_{secrets.token_hex(12)}",
+    }
+
+
+# Which envelope a route's errors take: Ollama's, OpenAI's (/v1/*) or Anthropic's (/v1/messages).
+OLLAMA, OPENAI, ANTHROPIC = "ollama", "openai", "anthropic"
+
+
+def error_format(path: str) -> str:
+    if not path.startswith("/v1/"):
+        return OLLAMA
+    return ANTHROPIC if path == "/v1/messages" else OPENAI
+
+
+def error_body(exc: CorralError, *, path: str) -> dict[str, Any]:
+    """``exc`` as the route at ``path`` words its errors."""
+    kind = error_format(path)
+    if kind == OPENAI:
         return openai_error_body(exc.status, exc.message, type=exc.openai_type, code=exc.openai_code)
+    if kind == ANTHROPIC:
+        return anthropic_error_body(exc.status, exc.message)
     return ollama_error_body(exc.message)

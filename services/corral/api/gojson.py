@@ -280,9 +280,9 @@ def _deep_dumps(value: Any, ensure_ascii: bool) -> str:
 def decode(body: bytes, go_type: str) -> Any:
     """A request body as Go decodes it into ``go_type`` (``api.ChatRequest``): the value, or a
     400 with Go's message. An empty body is ``missing request body`` in Ollama's handlers and
-    ``EOF`` in its OpenAI middleware."""
+    ``EOF`` in its OpenAI and Anthropic middlewares."""
     if not body.strip(b" \t\r\n"):
-        raise BadRequestError("EOF" if go_type.startswith("openai.") else "missing request body")
+        raise BadRequestError("EOF" if go_type.startswith(("openai.", "anthropic.")) else "missing request body")
     try:
         return loads(body)
     except _Refused as exc:
@@ -380,10 +380,10 @@ class Base64(GoType):
         try:
             base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise BadRequestError(f"illegal base64 data at input byte {_base64_error_at(value)}") from None
+            raise BadRequestError(f"illegal base64 data at input byte {base64_error_at(value)}") from None
 
 
-def _base64_error_at(text: str) -> int:
+def base64_error_at(text: str) -> int:
     """Where Go's StdEncoding stops: the first byte outside the alphabet, else the start of
     the incomplete last quantum (or of bad padding)."""
     match = re.search(r"[^A-Za-z0-9+/=]", text)

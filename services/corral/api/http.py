@@ -38,19 +38,15 @@ NDJSON = "application/x-ndjson"
 JSON_UTF8 = "application/json; charset=utf-8"
 
 
-def is_openai(request_or_path: Request | str) -> bool:
-    path = request_or_path if isinstance(request_or_path, str) else request_or_path.url.path
-    return path.startswith("/v1/")
-
-
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     # Compact and UTF-8, like Go's encoder; clients compare bodies byte for byte in tests.
     data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     return Response(data, status_code=status, media_type=JSON_UTF8, headers=headers)
 
 
-def error_response(exc: CorralError, *, openai: bool) -> Response:
-    return json_response(error_body(exc, openai=openai), exc.status, exc.headers())
+def error_response(exc: CorralError, *, path: str) -> Response:
+    """``exc`` in the format of the route at ``path`` (``corral.api.errors.error_body``)."""
+    return json_response(error_body(exc, path=path), exc.status, exc.headers())
 
 
 # -- request bodies ----------------------------------------------------------------------
@@ -145,7 +141,7 @@ def answer_error(method: str, path: str, exc: CorralError) -> Response:
     """The response for a CorralError raised while serving ``method path``."""
     if exc.status >= 500:
         logger.warning("%s %s: %s", method, path, exc.message)
-    return error_response(exc, openai=is_openai(path))
+    return error_response(exc, path=path)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -188,7 +184,8 @@ class StatusWatch:
 
 class LastResortMiddleware:
     """Anything a handler did not expect becomes a 500 in the route's own format (Ollama's
-    ``{"error"}``, the OpenAI envelope under ``/v1``), logged once with a request id.
+    ``{"error"}``, OpenAI's envelope under ``/v1``, Anthropic's on ``/v1/messages``), logged
+    once with a request id.
 
     Starlette's own last resort answers in plain text and raises again, and uvicorn then closes
     the connection: a proxy reusing it (nginx's upstream keep-alive) meets a reset on its next
@@ -222,7 +219,7 @@ class LastResortMiddleware:
             if started:
                 raise
             error = CorralError(f"internal error (request id {ident})")
-            response = error_response(error, openai=is_openai(scope["path"]))
+            response = error_response(error, path=scope["path"])
             response.headers["X-Request-Id"] = ident
             await response(scope, receive, send)
 

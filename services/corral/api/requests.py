@@ -138,9 +138,11 @@ _TRANSFER: dict[str, GoType] = {
 PULL = Struct("api.PullRequest", _TRANSFER)
 PUSH = Struct("api.PushRequest", _TRANSFER)
 
-# The OpenAI-compatible bodies: only their type's name here (the empty-body and whole-value
-# errors); their fields are read with Go's errors by corral.api.openai and .responses.
+# The OpenAI- and Anthropic-compatible bodies: only their type's name here (the empty-body and whole-value
+# errors); their fields are read with Go's errors by corral.api.openai, .responses and .anthropic.
 CHAT_COMPLETION = Struct("openai.ChatCompletionRequest")
 COMPLETION = Struct("openai.CompletionRequest")
 OPENAI_EMBED = Struct("openai.EmbedRequest")
 RESPONSES = Struct("openai.ResponsesRequest")
+# Anthropic's /v1/messages body, read field by field by corral.api.anthropic.
+MESSAGES_REQUEST = Struct("anthropic.MessagesRequest")

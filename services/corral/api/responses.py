@@ -29,7 +29,7 @@ from typing import Any
 
 from corral.api.errors import BadRequestError
 from corral.api.openai import _body, _Fields, _image_from_url, think_for_effort
-from corral.api.streams import dumps
+from corral.api.streams import dumps, sse_event
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
@@ -452,7 +452,7 @@ class ResponsesStream:
     def _event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self._seq, **fields}
         self._seq += 1
-        return f"event: {kind}\ndata: {dumps(data)}\n\n".encode()
+        return sse_event(data, kind)
 
     def _response(
         self, status: str, usage: dict[str, Any] | None, *, error: Any = None, incomplete: bool = False

@@ -30,9 +30,11 @@ def ndjson_line(obj: Any) -> bytes:
     return (dumps(obj) + "\n").encode()
 
 
-def sse_event(obj: Any) -> bytes:
-    """One SSE ``data:`` event; a str is sent verbatim, anything else as JSON."""
+def sse_event(obj: Any, event: str = "") -> bytes:
+    """One SSE event, named when ``event`` is given; a str is sent verbatim, anything else as JSON."""
     data = obj if isinstance(obj, str) else dumps(obj)
+    if event:
+        return f"event: {event}\ndata: {data}\n\n".encode()
     return f"data: {data}\n\n".encode()
 
 

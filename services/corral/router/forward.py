@@ -56,6 +56,7 @@ FORWARDED = {
     "/v1/completions": requests.COMPLETION,
     "/v1/embeddings": requests.OPENAI_EMBED,
     "/v1/responses": requests.RESPONSES,
+    "/v1/messages": requests.MESSAGES_REQUEST,
 }
 
 

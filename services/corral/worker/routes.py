@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from corral.api import OLLAMA_VERSION, openai, requests
+from corral.api import OLLAMA_VERSION, anthropic, openai, requests
 from corral.api import responses as openai_responses
 from corral.api.gojson import Struct
 from corral.api.http import (
@@ -192,6 +192,20 @@ async def responses(request: Request, state: StateDep) -> Response:
     stream = openai_responses.ResponsesStream(model=model, id=ident, created_at=created, body=body)
     chunks = await until_disconnect(request, prime(state.inference.chat(native)))
     return sse_stream(_translate(chunks, stream.feed), stream.error)
+
+
+@router.post("/v1/messages")
+async def messages(request: Request, state: StateDep) -> Response:
+    body = await read_json(request, requests.MESSAGES_REQUEST)
+    native = anthropic.messages_request(body)
+    model, ident = body.get("model") or "", anthropic.new_message_id()
+    # As Ollama: thinking asked of a model that cannot think is dropped, not refused.
+    chunks = state.inference.chat(native, relax_thinking=True)
+    if not native["stream"]:
+        result = await until_disconnect(request, _collect(chunks, "chat"))
+        return json_response(anthropic.message_object(result, model=model, id=ident))
+    stream = anthropic.MessagesStream(model=model, id=ident, input_tokens=anthropic.estimate_input_tokens(native))
+    return sse_stream(_translate(await until_disconnect(request, prime(chunks)), stream.feed), stream.error)
 
 
 async def _translate(chunks: AsyncIterator[dict[str, Any]], feed: Any) -> AsyncIterator[bytes]:
