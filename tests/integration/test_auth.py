@@ -348,8 +348,9 @@ def test_usage_totals_equal_what_the_clients_were_told(cluster: Cluster) -> None
     assert by_model[MODEL_NAME]["requests"] == 2 and by_model[OTHER_MODEL]["generated_tokens"] == last.eval_count
     assert by_model["missing-model:latest"]["errors"] == 1
     # Prometheus: by the key's name, never its secret.
-    metrics = cluster.metrics()
-    assert metrics.value("corral_router_key_requests_total", key="metered") == 4
+    # (routers add their counts to Prometheus once a second)
+    wait_for("the key's requests in Prometheus",
+             lambda: cluster.metrics().value("corral_router_key_requests_total", key="metered") == 4, 10, 0.2)
     for url in cluster.router_urls() + [_worker_url(cluster)]:
         assert key not in httpx.get(url + "/metrics").text
 

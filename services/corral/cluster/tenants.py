@@ -65,6 +65,9 @@ def new_secret() -> str:
 
 
 def same_secret(given: str, expected: str) -> bool:
+    # Key ids are hex, and compare_digest takes ASCII str as it is; anything else as bytes.
+    if given.isascii() and expected.isascii():
+        return hmac.compare_digest(given, expected)
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
@@ -332,6 +335,7 @@ class Usage:
     admitted: bool = True
     admit: Callable[[Usage], Awaitable[None]] | None = field(default=None, repr=False)
     refused: str = ""  # the verdict, when the admission made with its slot said no
+    status: int = 0  # the response's status once it starts (router/forward.py sets it); 0: none
 
     def admission_keys_args(self) -> tuple[tuple[str, ...], list[Any]]:
         return self.tenant.admission_keys, admission_args(self.token, inference=True, flight_limit=self.flight_limit)

@@ -268,6 +268,8 @@ def create_app(settings: RouterSettings) -> FastAPI:
             reaper.cancel()
             with suppress(asyncio.CancelledError):
                 await reaper
+            if app.state.gate is not None:
+                app.state.gate.flush()  # the last second's key counts
             d.upstream.close()
             if lane is not None:
                 lane.close()

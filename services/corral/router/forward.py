@@ -81,6 +81,8 @@ class ForwardEndpoint:
             watcher = asyncio.ensure_future(_watch(receive, client))
             answer = await dispatcher.forward(client, self.path, body, usage)
             if isinstance(answer, Relayed):
+                if usage is not None:
+                    usage.status = answer.status
                 await relayed_response(answer)(scope, receive, send)
             else:
                 await _relay(answer, dispatcher, client, send, scope.get(RAW_SEND), usage)
@@ -91,6 +93,8 @@ class ForwardEndpoint:
                     await usage.ensure_admitted()
                 except CorralError as refused:
                     error = refused
+            if usage is not None:
+                usage.status = error.status
             await answer_error(scope["method"], self.path, error)(scope, receive, send)
         finally:
             if watcher is not None:
@@ -133,6 +137,8 @@ async def _relay(
     reply = answer.reply
     headers = [(k, v) for k, v in reply.headers if k not in _HOP]
     released = False
+    if usage is not None:
+        usage.status = reply.status
 
     async def give_back() -> None:
         # Before the response ends, so a client's next request finds the slot free. (Nothing

@@ -14,6 +14,7 @@ connection (later replies could no longer be matched); the next command connects
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections import deque
 from collections.abc import Sequence
@@ -34,23 +35,67 @@ class Script:
         self.sha = hashlib.sha1(text.encode()).hexdigest()
 
 
+class Packed:
+    """A run of arguments packed once, for the ones a command sends again and again (an API
+    key's Redis keys, constant limits): ``_pack`` splices it in as it is. Made by ``packed``,
+    which keeps the recent ones."""
+
+    __slots__ = ("args", "text")
+
+    def __init__(self, args: tuple[str, ...]) -> None:
+        self.args = args
+        self.text = "".join(f"${len(arg)}\r\n{arg}\r\n" for arg in args)
+
+
+@functools.lru_cache(maxsize=4096)
+def packed(*args: Any) -> Packed | tuple[Any, ...]:
+    """``args`` as one pre-packed run; as they are when not ASCII (``_pack_bytes`` takes them)."""
+    texts = tuple(str(arg) for arg in args)
+    return Packed(texts) if all(t.isascii() for t in texts) else texts
+
+
+def unpacked(args: Sequence[Any] | Packed) -> list[Any]:
+    """The plain arguments, runs expanded (for redis-py, when there is no lane)."""
+    if isinstance(args, Packed):
+        return list(args.args)
+    out: list[Any] = []
+    for arg in args:
+        if type(arg) is Packed:
+            out.extend(arg.args)
+        elif type(arg) is tuple:
+            out.extend(arg)
+        else:
+            out.append(arg)
+    return out
+
+
 def _pack(args: tuple[Any, ...]) -> bytes:
     """A command in RESP. Built as one str and encoded once (a command of 20 arguments packs in
     a third of the time it takes argument by argument): keys, ids and numbers are ASCII, where
     a character is a byte; anything else takes ``_pack_bytes``."""
-    parts = [f"*{len(args)}\r\n"]
+    parts = [""]
+    n = len(args)
     for arg in args:
-        if type(arg) is bytes:
+        kind = type(arg)
+        if kind is str:
+            parts.append(f"${len(arg)}\r\n{arg}\r\n")
+        elif kind is Packed:
+            parts.append(arg.text)
+            n += len(arg.args) - 1
+        elif kind is bytes or kind is tuple:
             return _pack_bytes(args)
-        text = arg if type(arg) is str else str(arg)
-        parts.append(f"${len(text)}\r\n{text}\r\n")
+        else:
+            text = str(arg)
+            parts.append(f"${len(text)}\r\n{text}\r\n")
+    parts[0] = f"*{n}\r\n"
     packed = "".join(parts)
     return packed.encode() if packed.isascii() else _pack_bytes(args)
 
 
 def _pack_bytes(args: tuple[Any, ...]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
+    plain = unpacked(args)
+    out = [b"*%d\r\n" % len(plain)]
+    for arg in plain:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
@@ -133,13 +178,16 @@ class RedisLane:
         """TLS (``rediss://``) stays with redis-py."""
         return url.startswith(("redis://", "unix://")) or is_sentinel(url)
 
-    async def evalsha(self, script: Script, keys: Sequence[Any], args: list[Any]) -> Any:
+    async def evalsha(self, script: Script, keys: Sequence[Any] | Packed, args: list[Any]) -> Any:
+        """``keys``: the keys, or one ``packed`` run of them; ``args`` may hold runs anywhere."""
+        run: Sequence[Any] = (keys,) if isinstance(keys, Packed) else keys
+        numkeys = len(keys.args) if isinstance(keys, Packed) else len(keys)
         try:
-            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.call("EVALSHA", script.sha, numkeys, *run, *args)
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-            return await self.call("EVAL", script.text, len(keys), *keys, *args)
+            return await self.call("EVAL", script.text, numkeys, *run, *args)
 
     async def call(self, *args: Any) -> Any:
         conn = await self._connection()

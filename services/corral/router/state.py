@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 
 from corral.cluster.tenants import ADMIT_FUNCTION, Usage, finish_lua
 from corral.cluster.workers import PREFIX, WorkerInfo, now_ms
-from corral.router.redis_lane import RedisLane, Script
+from corral.router.redis_lane import Packed, RedisLane, Script, packed, unpacked
 
 NEVER = -1
 PLACE_LOCK = PREFIX + "lock:place"
@@ -274,9 +274,10 @@ class HotScript:
         # The lane's Script, or redis-py's AsyncScript when routers run without the lane.
         self.script: Any = Script(text) if lane else redis.register_script(text)
 
-    async def __call__(self, *, keys: Sequence[Any], args: list[Any]) -> Any:
+    async def __call__(self, *, keys: Sequence[Any] | Packed, args: list[Any]) -> Any:
+        """``keys`` and ``args`` may hold ``packed`` runs (redis_lane.py), expanded for redis-py."""
         if self.lane is None:
-            return await self.script(keys=keys, args=args)
+            return await self.script(keys=unpacked(keys), args=unpacked(args))
         return await self.lane.evalsha(self.script, keys, args)
 
 
@@ -377,7 +378,8 @@ class ClusterState:
         key, from ``affinity_key``) breaks ties towards the worker that last served it.
         ``admission``: a keyed request not admitted yet, admitted first in the same script; a
         refusal raises its error (401 or 429) and takes no slot."""
-        token = request_token()
+        # A keyed request's first slot shares its admission's token (unique too: one less to make).
+        token = admission.token if admission is not None else request_token()
         key = f"{PREFIX}affinity:{model}:{affinity}" if affinity else ""
         args: list[Any] = [model, now_ms(), SLOT_LEASE_MS, token, key, AFFINITY_TTL_S]
         for worker in workers:
@@ -385,8 +387,10 @@ class ClusterState:
         if admission is None:
             chosen, generation = await self._acquire(keys=[], args=args)
         else:
+            # The key's Redis keys and the constant limits are packed once (redis_lane.packed).
             keys, admit_args = admission.admission_keys_args()
-            chosen, generation, verdict, retry = await self._admit_and_acquire(keys=keys, args=[*admit_args, *args])
+            admit = [admit_args[0], admit_args[1], packed(*admit_args[2:])]
+            chosen, generation, verdict, retry = await self._admit_and_acquire(keys=packed(*keys), args=[*admit, *args])
             admission.admitted = True
             if reply_text(verdict) != "ok":
                 self.models_generation_seen = int(generation)
@@ -416,9 +420,11 @@ class ClusterState:
         (``Usage.finish_keys_args``), written in the same script."""
         slot = self._give_back(worker, model)
         try:
-            if usage is not None:
-                keys = [placed_key(worker), inflight_key(worker), used_key(worker), SLOTS, *usage[0]]
-                return int(await self._release_usage(keys=keys, args=[model, now_ms(), expires_at, slot, *usage[1]]))
+            if usage is not None:  # the keys and the key's constant arguments packed once (redis_lane.packed)
+                keys = packed(placed_key(worker), inflight_key(worker), used_key(worker), SLOTS, *usage[0])
+                token, *constant = usage[1]
+                args = [model, now_ms(), expires_at, slot, token, packed(*constant)]
+                return int(await self._release_usage(keys=keys, args=args))
             return await self._release_slot(worker, model, expires_at, slot)
         except RedisError:
             if len(self._unreleased) < MAX_UNRELEASED:

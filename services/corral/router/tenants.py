@@ -46,7 +46,7 @@ from corral.api.errors import (
     UnauthorizedError,
 )
 from corral.api.gojson import BOOL, INT, STRING, Slice, Struct
-from corral.api.http import StatusWatch, answer_error, json_response, read_json
+from corral.api.http import answer_error, json_response, read_json
 from corral.cluster import tenants
 from corral.cluster.tenants import Tenant
 from corral.router.dispatch import ClusterUnavailableError
@@ -72,6 +72,7 @@ OFFLINE_GRACE_S = 600.0
 MAX_REMEMBERED = 10_000  # keys remembered for a Redis outage
 MAX_SECRET = 512
 MAX_PENDING_FINISHES = 4096
+COUNT_FLUSH_S = 1.0  # how late key_requests may run behind the requests it counts
 MAX_USAGE_WINDOW_S = tenants.USAGE_TTL_S
 
 _AUTHORIZATION, _X_API_KEY = b"authorization", b"x-api-key"
@@ -92,6 +93,10 @@ def secret_from(headers: list[tuple[bytes, bytes]]) -> str:
     api_key = ""
     for name, value in headers:
         if name == _AUTHORIZATION:
+            if value[:7] == b"Bearer ":  # as every client sends it: the rest is the key
+                secret = value[7:].strip()
+                if secret and b" " not in secret:
+                    return secret.decode("latin-1")
             scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
             if scheme.lower() == "bearer" and credentials.strip():
                 return credentials.strip()
@@ -112,9 +117,15 @@ class Gate:
         # Both scripts run once per request: through the lean lane (redis_lane.py), as placement's do.
         self._finish = HotScript(redis, lane, tenants.FINISH)
         self._remembered: OrderedDict[str, tuple[Tenant, float]] = OrderedDict()
+        # Secret -> its key's id (a SHA-256 each request would cost more than the rest of the
+        # check), for the admin key and keys admitted here only; a memo of a pure function, so
+        # a revoked key still fails (its id is no longer admitted). It holds what every request
+        # holds while it is served, in this process only; never logged.
+        self._ids: dict[str, str] = {}
         # Records as Redis returns them -> parsed: a key's record changes only when it is remade.
         self._parsed: dict[str, Tenant] = {}
-        self._children: dict[tuple[str, str, str], Any] = {}
+        self._children: dict[tuple[str, str, str], Any] = {}  # key_requests' children, looked up once
+        self._counts: dict[tuple[str, str, str], int] = {}  # not yet in key_requests (``_count``)
         self._pending: set[asyncio.Task] = set()
         self._admit_usage = self.admit_usage  # bound once: every keyed request's Usage holds it
 
@@ -129,9 +140,16 @@ class Gate:
     def known(self, secret: str) -> Tenant | None:
         """The admin key, or a key this router admitted before (records never change: a key is
         made or revoked, and a revoked one fails its next admission), without Redis."""
-        if not secret or len(secret) > MAX_SECRET:
-            return None
-        kid = tenants.key_id(secret)
+        kid = self._ids.get(secret)
+        if kid is None:
+            if not secret or len(secret) > MAX_SECRET:
+                return None
+            kid = tenants.key_id(secret)
+            if not tenants.same_secret(kid, self.admin.id) and kid not in self._remembered:
+                return None
+            if len(self._ids) >= MAX_REMEMBERED:
+                self._ids.clear()
+            self._ids[secret] = kid
         if tenants.same_secret(kid, self.admin.id):
             return self.admin
         seen = self._remembered.get(kid)
@@ -177,14 +195,24 @@ class Gate:
     def forget(self, kid: str) -> None:
         self._remembered.pop(kid, None)
 
-    def _counter(self, name: str, model: str, outcome: str) -> Any:
-        """``key_requests``' child for these labels, looked up once (``labels`` costs µs a call)."""
-        child = self._children.get((name, model, outcome))
-        if child is None:
-            if len(self._children) >= MAX_REMEMBERED:
-                self._children.clear()
-            child = self._children[name, model, outcome] = self.metrics.key_requests.labels(name, model, outcome)
-        return child
+    def _count(self, name: str, model: str, outcome: str) -> None:
+        """One more request in ``key_requests``, added with the others of the last second
+        (``flush``): a multiprocess counter's ``inc`` costs µs, which each keyed request would
+        otherwise pay on top of the unkeyed cost."""
+        labels = (name, model, outcome)
+        if not self._counts:
+            asyncio.get_running_loop().call_later(COUNT_FLUSH_S, self.flush)
+        self._counts[labels] = self._counts.get(labels, 0) + 1
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, {}
+        if len(self._children) >= MAX_REMEMBERED:
+            self._children.clear()
+        for labels, n in counts.items():
+            child = self._children.get(labels)
+            if child is None:
+                child = self._children[labels] = self.metrics.key_requests.labels(*labels)
+            child.inc(n)
 
     def _tenant(self, record: str) -> Tenant:
         tenant = self._parsed.get(record)
@@ -214,7 +242,7 @@ class Gate:
         with its slot's release (dispatch.py); else here, in the background (a request that
         never held a slot: refused, unknown model, queue full)."""
         name = usage.tenant.name
-        self._counter(name, usage.model, "error" if failed else "ok").inc()
+        self._count(name, usage.model, "error" if failed else "ok")
         if usage.recorded:
             return
         if len(self._pending) >= MAX_PENDING_FINISHES:
@@ -254,7 +282,7 @@ class AuthMiddleware:
         try:
             if tenant is None:
                 tenant = await gate.admit(secret, token, inference=inference)
-            if needs_admin(path) and not tenant.admin:
+            if not inference and needs_admin(path) and not tenant.admin:
                 gate.reject(tenant, "admin")
                 raise ForbiddenError("this API key may not manage the cluster: an admin key is needed")
         except CorralError as exc:
@@ -265,11 +293,10 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         usage = scope[tenants.USAGE_SCOPE] = gate.usage(tenant, token, admitted=admitted)
-        watch = StatusWatch(send)
         try:
-            await self.app(scope, receive, watch)
+            await self.app(scope, receive, send)
         finally:
-            status = watch.status
+            status = usage.status  # as the inference endpoint answered (router/forward.py); 0: it failed
             if usage.refused:  # by the admission made with its slot
                 gate.reject(tenant, usage.refused)
                 if usage.refused == "unknown":
