@@ -87,7 +87,9 @@ def id_key(kid: str) -> str:
     return f"{PREFIX}apikey:{kid}"
 
 
+@functools.lru_cache(maxsize=64)
 def usage_key(hour: int) -> str:
+    # The same str object for the hour: its hash is computed once (router/state.py packs it).
     return f"{PREFIX}usage:{hour}"
 
 
@@ -126,6 +128,10 @@ class Tenant:
     def header(self) -> str:
         """``TENANT_HEADER``'s value."""
         return f"{self.id} {self.name}"
+
+    @functools.cached_property
+    def flight_key(self) -> str:
+        return flight_key(self.id)
 
     @functools.cached_property
     def admission_keys(self) -> tuple[str, ...]:
@@ -351,7 +357,7 @@ class Usage:
             await self.admit(self)
 
     def finish_keys_args(self, failed: bool) -> tuple[list[str], list[Any]]:
-        keys = [flight_key(self.tenant.id), usage_key(hour_of(now_ms()))]
+        keys = [self.tenant.flight_key, usage_key(hour_of(now_ms()))]
         return keys, [self.token, usage_prefix(self.tenant.name, self.model), 1 if failed else 0, USAGE_TTL_S]
 
 

@@ -24,6 +24,7 @@ with requests in flight never expires (the in-flight guard).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import os
@@ -263,6 +264,12 @@ _PID = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 
+@functools.lru_cache(maxsize=4096)
+def _release_usage_keys(worker: str, flight: str, usage: str) -> Packed | tuple[Any, ...]:
+    """_RELEASE_USAGE's keys, packed once per worker, API key and hour."""
+    return packed(placed_key(worker), inflight_key(worker), used_key(worker), SLOTS, flight, usage)
+
+
 def request_token() -> str:
     """Unique across routers and their processes; cheaper than 8 random bytes per request."""
     return f"{_TOKEN_PREFIX}{_PID[0]:x}.{next(_TOKEN_COUNT):x}"
@@ -421,7 +428,7 @@ class ClusterState:
         slot = self._give_back(worker, model)
         try:
             if usage is not None:  # the keys and the key's constant arguments packed once (redis_lane.packed)
-                keys = packed(placed_key(worker), inflight_key(worker), used_key(worker), SLOTS, *usage[0])
+                keys = _release_usage_keys(worker, *usage[0])
                 token, *constant = usage[1]
                 args = [model, now_ms(), expires_at, slot, token, packed(*constant)]
                 return int(await self._release_usage(keys=keys, args=args))

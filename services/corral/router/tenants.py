@@ -69,6 +69,7 @@ PUBLIC = {
 ADMIN_PATHS = {"/api/create", "/api/delete", "/api/copy", "/api/push", "/api/pull"}
 ADMIN_PREFIXES = ("/api/blobs/", "/api/cluster/")
 OFFLINE_GRACE_S = 600.0
+REMEMBER_REFRESH_S = 60.0  # how stale "last seen" may get (far inside the grace period)
 MAX_REMEMBERED = 10_000  # keys remembered for a Redis outage
 MAX_SECRET = 512
 MAX_PENDING_FINISHES = 4096
@@ -155,7 +156,9 @@ class Gate:
         seen = self._remembered.get(kid)
         if seen is None:
             return None
-        self._remembered[kid] = (seen[0], time.monotonic())  # in use: kept for an outage (``_offline``)
+        now = time.monotonic()
+        if now - seen[1] > REMEMBER_REFRESH_S:  # in use: kept for an outage (``_offline``)
+            self._remembered[kid] = (seen[0], now)
         return seen[0]
 
     async def admit(self, secret: str, token: str, *, inference: bool) -> Tenant:
@@ -265,12 +268,17 @@ class AuthMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Made with the app's other resources (lifespan, which runs once per router process);
+        # looked up on the first request (Starlette's State costs a Python call per lookup).
+        self.gate: Gate | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (scope["method"], scope["path"]) in PUBLIC:
             await self.app(scope, receive, send)
             return
-        gate: Gate = scope["app"].state.gate  # made with the app's other resources (lifespan)
+        gate = self.gate
+        if gate is None:
+            gate = self.gate = scope["app"].state.gate
         path = scope["path"]
         inference = path in FORWARDED
         token = request_token()
