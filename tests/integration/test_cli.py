@@ -218,6 +218,42 @@ def test_errors_read_as_ollama_says_them(worker: Server, tmp_path: Path) -> None
     assert (usage.returncode, usage.stderr) == (1, "Error: the following arguments are required: model\n")
 
 
+def test_a_server_answering_garbage_is_an_error_not_a_traceback() -> None:
+    """A proxy's HTML page, a cut line: the user gets ``Error: ...`` and status 1."""
+    import http.server
+    import threading
+
+    class Garbage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # /api/tags
+            self._answer(b"<html>not json</html>", "text/html")
+
+        def do_POST(self) -> None:  # /api/pull streams NDJSON: one good line, then a broken one
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._answer(b'{"status":"pulling manifest"}\n{"status": "pul\n', "application/x-ndjson")
+
+        def _answer(self, body: bytes, kind: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Garbage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        for args in (["list"], ["pull", "x"]):
+            done = corral(url, *args)
+            last = done.stderr.splitlines()[-1]  # after pull's progress lines
+            assert done.returncode == 1 and last.startswith("Error: invalid JSON from the server: "), done
+            no_traceback(done)
+    finally:
+        server.shutdown()
+
+
 def test_version(worker: Server) -> None:
     done = corral(worker.url, "--version")
     assert done.returncode == 0, done.stderr

@@ -102,9 +102,10 @@ class Api:
             raise CliError(error_text(reply.content, reply.status_code), reply.status_code)
         return reply.status_code == 200
 
-    def json(self, method: str, path: str, body: Any = None) -> Any:
-        reply = self.request(method, path, body)
-        return reply.json() if reply.content else None
+    def json(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
+        """One call's JSON answer (None for an empty one)."""
+        reply = self.request(method, path, body, **kwargs)
+        return _decoded(reply.content) if reply.content else None
 
     def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """An NDJSON stream's objects; an ``{"error"}`` line (or a failed status) raises."""
@@ -115,7 +116,17 @@ class Api:
             for line in reply.iter_lines():
                 if not line.strip():
                     continue
-                event = json.loads(line)
+                event = _decoded(line)
+                if not isinstance(event, dict):
+                    raise CliError(f"unexpected line from the server: {line[:200]}")
                 if "error" in event:
                     raise CliError(error_text(line, reply.status_code))
                 yield event
+
+
+def _decoded(data: bytes | str) -> Any:
+    """A server's JSON, or the user's error (as ollama's client words a body it cannot read)."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise CliError(f"invalid JSON from the server: {exc}") from None

@@ -21,8 +21,7 @@ from corral.cluster.tenants import USAGE_FIELDS
 
 def _call(method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, str] | None = None) -> Any:
     with Api() as api:
-        reply = api.request(method, path, body, params=params)
-    return reply.json() if reply.content else None
+        return api.json(method, path, body, params=params)
 
 
 def _models(text: str | None) -> list[str] | None:
