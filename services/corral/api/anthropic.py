@@ -324,6 +324,11 @@ def message_object(native: dict[str, Any], *, model: str, id: str) -> dict[str, 
     return reply
 
 
+def error_event(message: str) -> bytes:
+    """Anthropic's ``error`` event: how a stream that failed after it began ends."""
+    return sse_event({"type": "error", "error": anthropic_error_body(500, message)["error"]}, "error")
+
+
 class MessagesStream:
     """Native /api/chat chunks in, Anthropic's SSE events out: ``message_start``, then content
     blocks (``content_block_start``, deltas, ``content_block_stop``) at rising indexes, a
@@ -400,8 +405,7 @@ class MessagesStream:
     def error(self, message: str) -> bytes:
         """The last event of a stream that failed after it began."""
         self._finished = True
-        body = anthropic_error_body(500, message)
-        return sse_event({"type": "error", "error": body["error"]}, "error")
+        return error_event(message)
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         return sse_event({"type": kind, **fields}, kind)

@@ -452,7 +452,8 @@ def chat_response(native: dict[str, Any], *, model: str, id: str, created: int) 
     return reply
 
 
-def _error_event(message: str) -> bytes:
+def error_event(message: str) -> bytes:
+    """A /v1 stream's last event when it failed after it began."""
     return sse_event(openai_error_body(500, message))
 
 
@@ -477,7 +478,7 @@ class _SSEStream:
     def error(self, message: str) -> bytes:
         """The last event of a stream that failed after it started."""
         self._finished = True
-        return _error_event(message)
+        return error_event(message)
 
     def _events(self, native_chunk: dict[str, Any]) -> list[bytes]:
         raise NotImplementedError

@@ -23,15 +23,14 @@ stops too; the slot is given back in every case.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from corral.api import requests
-from corral.api.errors import BadRequestError, CorralError
+from corral.api import anthropic, openai, requests
+from corral.api.errors import ANTHROPIC, BadRequestError, CorralError, error_format
 from corral.api.http import answer_error, decode_json
 from corral.api.streams import ndjson_line
 from corral.cluster import tenants
@@ -85,7 +84,7 @@ class ForwardEndpoint:
                     usage.status = answer.status
                 await relayed_response(answer)(scope, receive, send)
             else:
-                await _relay(answer, dispatcher, client, send, scope.get(RAW_SEND), usage)
+                await _relay(answer, dispatcher, client, send, scope.get(RAW_SEND), usage, self.path)
         except CorralError as exc:
             error = exc
             if usage is not None and not usage.admitted:
@@ -132,7 +131,8 @@ async def _relay(
     client: Downstream,
     send: Send,
     raw_send: Send | None,
-    usage: tenants.Usage | None = None,
+    usage: tenants.Usage | None,
+    path: str,
 ) -> None:
     reply = answer.reply
     headers = [(k, v) for k, v in reply.headers if k not in _HOP]
@@ -168,7 +168,7 @@ async def _relay(
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except WorkerConnectionError as exc:
             if not client.disconnected:
-                await send(_cut_message(answer, exc))
+                await send(_cut_message(answer, exc, path))
         await give_back()
         await send({"type": "http.response.body", "body": b""})
     finally:
@@ -214,13 +214,15 @@ class _ClientPipe:
             raise WorkerConnectionError("the client went away")
 
 
-def _cut_message(answer: Forwarded, exc: Exception) -> Message:
-    """The stream's last piece when the worker failed mid-stream: Ollama's error line, or an
-    error event for OpenAI's server-sent events."""
+def _cut_message(answer: Forwarded, exc: Exception, path: str) -> Message:
+    """The stream's last piece when the worker failed mid-stream: Ollama's error line, or the
+    error event of the route's server-sent events (Anthropic's on /v1/messages, else OpenAI's)."""
     message = f"worker {answer.worker.id} failed mid-stream: {exc}"
     logger.warning("%s", message)
-    if b"text/event-stream" in (answer.reply.header(b"content-type") or b""):
-        body = f"data: {json.dumps({'error': {'message': message, 'type': 'api_error'}})}\n\n".encode()
+    if error_format(path) == ANTHROPIC:
+        body = anthropic.error_event(message)
+    elif b"text/event-stream" in (answer.reply.header(b"content-type") or b""):
+        body = openai.error_event(message)
     else:
         body = ndjson_line({"error": message})
     return {"type": "http.response.body", "body": body, "more_body": True}
