@@ -11,6 +11,7 @@ import base64
 import json
 import math
 import struct
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
@@ -580,3 +581,36 @@ def test_openai_chat_logprobs(oai):
     assert len(content) == response.usage.completion_tokens
     assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)
     assert "".join(t.token for t in content) == response.choices[0].message.content
+
+
+# A thinking model whose prompt grows with the level asked (.ThinkLevel): how many prompt tokens
+# a client's request took tells which level reached the template.
+LEVELS_TEMPLATE = (
+    "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+    "{{ if .Think }}{{ if eq .ThinkLevel \"high\" \"max\" }}Think very hard, step by step, about every detail. {{ end }}"
+    "{{ if eq .ThinkLevel \"low\" }}Briefly. {{ end }}<think>\n{{ end }}"
+)
+
+
+def test_think_levels_from_the_ollama_client_and_reasoning_effort_from_openai(client, oai, worker, scratch_names):
+    name = f"levels-{uuid.uuid4().hex[:8]}:latest"
+    scratch_names.append(name)
+    client.create(model=name, from_=MODEL, template=LEVELS_TEMPLATE)
+    ask = [{"role": "user", "content": "Why is the sky blue?"}]
+
+    def native_prompt_tokens(think: object) -> int:
+        r = httpx.post(worker.url + "/api/chat", timeout=120, json={
+            "model": name, "messages": ask, "think": think, "stream": False, "options": SHORT})
+        assert r.status_code == 200, r.text
+        return r.json()["prompt_eval_count"]
+
+    counts = {level: native_prompt_tokens(level) for level in ("low", "medium", "high")}
+    assert counts["low"] > counts["medium"] and counts["high"] > counts["low"]  # three different prompts
+    for level in ("low", "medium", "high"):
+        answer = client.chat(model=name, messages=ask, think=level, options=SHORT)
+        assert answer.prompt_eval_count == counts[level], level
+        assert answer.message.thinking  # the template opened <think>: the reply is reasoning
+        effort = oai.chat.completions.create(model=name, messages=ask, max_tokens=8, temperature=0,
+                                             reasoning_effort=level)
+        assert effort.usage.prompt_tokens == counts[level], level
+    assert client.chat(model=name, messages=ask, think=True, options=SHORT).prompt_eval_count == counts["medium"]
