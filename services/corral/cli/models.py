@@ -10,8 +10,9 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from corral.cli.client import Api, CliError
-from corral.cli.units import human_bytes, human_number, human_time, parse_time, table
+from corral.cli.units import human_bytes, human_time, parse_time, table
 from corral.gocompat import format_float
+from corral.store.gguf import human_number
 
 
 def short_id(digest: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
+from corral.api.streams import parse_time as api_time
+
 _UNITS = ((10**12, "TB"), (10**9, "GB"), (10**6, "MB"), (10**3, "KB"))
 
 
@@ -65,19 +67,6 @@ def _relative(seconds: float) -> str:
     return f"{int(seconds / 3600) // 24 // 365} years"
 
 
-def human_number(n: int) -> str:
-    """Parameter counts as ``ollama show`` writes them: ``135M``, ``133.70M``, ``8.0B``, ``7B``."""
-    if n >= 10**9:
-        value = n / 10**9
-        return f"{value:.0f}B" if value == int(value) else f"{value:.1f}B"
-    if n >= 10**6:
-        value = n / 10**6
-        return f"{value:.0f}M" if value == int(value) else f"{value:.2f}M"
-    if n >= 10**3:
-        return f"{n / 10**3:.0f}K"
-    return str(n)
-
-
 def table(rows: list[list[str]], *, header: bool = True, indent: bool = False) -> str:
     """ollama's tables: every cell padded to its column's width and followed by four spaces,
     the header's last cell by one; ``indent``: an empty first column (``show``'s sections)."""
@@ -92,16 +81,12 @@ def table(rows: list[list[str]], *, header: bool = True, indent: bool = False) -
 
 
 def parse_time(text: str | None) -> datetime | None:
-    """An API timestamp (RFC 3339, maybe with nanoseconds); None for none or Go's zero time."""
+    """An API timestamp (RFC 3339, maybe with nanoseconds); None for none, Go's zero time, or
+    anything else that is not one."""
     if not text or text.startswith("0001-01-01"):
         return None
-    head, _, rest = text.partition(".")
-    if rest:  # Python takes at most microseconds: keep 6 digits of the fraction, then the zone
-        digits = "".join(c for c in rest if c.isdigit())
-        zone = rest[len(digits) :]
-        text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return api_time(text)
     except ValueError:
         return None
 
