@@ -26,7 +26,7 @@ from typing import Any
 from corral.api.errors import BadRequestError, ForbiddenError, anthropic_error_body
 from corral.api.gojson import base64_error_at, json_kind
 from corral.api.openai import _body, _Fields
-from corral.api.streams import dumps, sse_event
+from corral.api.streams import SSEStream, dumps, sse_event
 
 REQUEST = "anthropic.MessagesRequest"
 _BLOCK = "anthropic.ContentBlock"
@@ -329,29 +329,25 @@ def error_event(message: str) -> bytes:
     return sse_event({"type": "error", "error": anthropic_error_body(500, message)["error"]}, "error")
 
 
-class MessagesStream:
+class MessagesStream(SSEStream):
     """Native /api/chat chunks in, Anthropic's SSE events out: ``message_start``, then content
     blocks (``content_block_start``, deltas, ``content_block_stop``) at rising indexes, a
     thinking block closing when text or a tool call follows it, each tool call whole (one
     ``input_json_delta``), then ``message_delta`` (stop reason, usage) and ``message_stop``."""
 
     def __init__(self, *, model: str, id: str, input_tokens: int) -> None:
+        super().__init__()
         self._model = model
         self._id = id
         self._input_tokens = input_tokens
         self._started = False
-        self._finished = False
         self._index = 0
         self._open = ""  # the open block's type: "thinking", "text" or ""
         self._thinking_done = False
         self._tool_ids: set[str] = set()
         self._tool_calls = False
 
-    def feed(self, chunk: dict[str, Any]) -> list[bytes]:
-        if self._finished:
-            return []
-        if "error" in chunk:
-            return [self.error(str(chunk["error"]))]
+    def _events(self, chunk: dict[str, Any]) -> list[bytes]:
         events: list[bytes] = []
         if not self._started:
             self._started = True
@@ -402,9 +398,7 @@ class MessagesStream:
             events.append(self._event("message_stop"))
         return events
 
-    def error(self, message: str) -> bytes:
-        """The last event of a stream that failed after it began."""
-        self._finished = True
+    def _error_event(self, message: str) -> bytes:
         return error_event(message)
 
     def _event(self, kind: str, **fields: Any) -> bytes:

@@ -34,7 +34,7 @@ from typing import Any
 
 from corral.api.errors import BadRequestError, openai_error_body
 from corral.api.gojson import INT64_MAX, INT64_MIN, json_kind
-from corral.api.streams import SSE_DONE, dumps, parse_time, sse_event
+from corral.api.streams import SSE_DONE, SSEStream, dumps, parse_time, sse_event
 from corral.gocompat import type_name
 
 SYSTEM_FINGERPRINT = "fp_ollama"
@@ -457,31 +457,18 @@ def error_event(message: str) -> bytes:
     return sse_event(openai_error_body(500, message))
 
 
-class _SSEStream:
-    """What both /v1 streams share: their identity, and ending once (done or failed)."""
+class _SSEStream(SSEStream):
+    """What both /v1 completion streams share: their identity, and OpenAI's error event."""
 
     def __init__(self, *, model: str, id: str, created: int, include_usage: bool) -> None:
+        super().__init__()
         self._model = model
         self._id = id
         self._created = created
         self._include_usage = include_usage
-        self._finished = False
 
-    def feed(self, native_chunk: dict[str, Any]) -> list[bytes]:
-        """SSE events for one native chunk; nothing after the stream has ended."""
-        if self._finished:
-            return []
-        if "error" in native_chunk:
-            return [self.error(str(native_chunk["error"]))]
-        return self._events(native_chunk)
-
-    def error(self, message: str) -> bytes:
-        """The last event of a stream that failed after it started."""
-        self._finished = True
+    def _error_event(self, message: str) -> bytes:
         return error_event(message)
-
-    def _events(self, native_chunk: dict[str, Any]) -> list[bytes]:
-        raise NotImplementedError
 
 
 class ChatStream(_SSEStream):

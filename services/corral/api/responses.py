@@ -29,7 +29,7 @@ from typing import Any
 
 from corral.api.errors import BadRequestError
 from corral.api.openai import _body, _Fields, _image_from_url, think_for_effort
-from corral.api.streams import dumps, sse_event
+from corral.api.streams import SSEStream, dumps, sse_event
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
@@ -391,7 +391,7 @@ def response_object(
 # -- stream ------------------------------------------------------------------
 
 
-class ResponsesStream:
+class ResponsesStream(SSEStream):
     """Native /api/chat chunks in, Responses SSE events out.
 
     At most one output item is open at a time: a reasoning item while thinking
@@ -405,20 +405,16 @@ class ResponsesStream:
         self._id = id
         self._created_at = created_at
         self._body = body
+        super().__init__()
         self._seq = 0
         self._started = False
-        self._finished = False
         self._output: list[dict[str, Any]] = []  # finished items
         self._open: dict[str, Any] | None = None  # the item being streamed
         self._open_text: list[str] = []
 
     # -- public
 
-    def feed(self, native_chunk: dict[str, Any]) -> list[bytes]:
-        if self._finished:
-            return []
-        if "error" in native_chunk:
-            return [self.error(str(native_chunk["error"]))]
+    def _events(self, native_chunk: dict[str, Any]) -> list[bytes]:
         events = self._start()
         message = native_chunk.get("message") or {}
         thinking = message.get("thinking") or ""
@@ -441,9 +437,7 @@ class ResponsesStream:
             events.append(self._event("response.completed", response=response))
         return events
 
-    def error(self, message: str) -> bytes:
-        """The last event of a stream that failed after it started."""
-        self._finished = True
+    def _error_event(self, message: str) -> bytes:
         error = {"code": "server_error", "message": message}
         return self._event("response.failed", response=self._response("failed", None, error=error))
 

@@ -81,3 +81,31 @@ def _offset(offset: timedelta | None) -> str:
     sign = "-" if minutes < 0 else "+"
     hours, mins = divmod(abs(minutes), 60)
     return f"{sign}{hours:02d}:{mins:02d}"
+
+
+class SSEStream:
+    """Native chunks in, a compatible route's server-sent events out (OpenAI's, the Responses
+    API's, Anthropic's), ending once: when the native stream is done (``_events`` sets
+    ``_finished``), or with the route's error event when it failed after it began."""
+
+    def __init__(self) -> None:
+        self._finished = False
+
+    def feed(self, native_chunk: dict[str, Any]) -> list[bytes]:
+        """SSE events for one native chunk; nothing after the stream has ended."""
+        if self._finished:
+            return []
+        if "error" in native_chunk:
+            return [self.error(str(native_chunk["error"]))]
+        return self._events(native_chunk)
+
+    def error(self, message: str) -> bytes:
+        """The last event of a stream that failed after it began."""
+        self._finished = True
+        return self._error_event(message)
+
+    def _events(self, native_chunk: dict[str, Any]) -> list[bytes]:
+        raise NotImplementedError
+
+    def _error_event(self, message: str) -> bytes:
+        raise NotImplementedError
