@@ -376,7 +376,13 @@ class Dispatcher:
                     return next(w for w in ready if w.id == chosen)
                 placements = await self.state.placements([w.id for w in everyone])
                 resident = any(p.model == model and p.worker in {w.id for w in ready} for p in placements)
-                hot = time.monotonic() - waited_since >= self.settings.CORRAL_REPLICATE_AFTER
+                # Right after a Redis outage the slot counts still hold the slots of routers
+                # that have not reconciled yet (their requests ended while Redis was away): a
+                # model looks busy that is not, so no replica is loaded on that reading.
+                hot = (
+                    time.monotonic() - waited_since >= self.settings.CORRAL_REPLICATE_AFTER
+                    and not self.offline.rejoining()
+                )
                 if not resident and not any(could_hold(w, size) for w in ready):
                     raise too_big(size, ready)
                 if time.monotonic() - waited_since > self.settings.load_timeout_seconds:
