@@ -28,6 +28,8 @@ from tests.support.model import TEST_MODEL
 from tests.support.redisd import RedisServer
 from tests.support.registries import RegistryServer, SeededModel, TokenServer, seed_model
 from tests.support.servers import Server, import_model, start_server
+from tests.support.vision import MODEL as VISION_MODEL
+from tests.support.vision import create_vision_model
 
 SERVING = ["worker", "cluster"]
 # Variables the tests' own code reads; every other OLLAMA_*/CORRAL_* variable is removed.
@@ -97,6 +99,15 @@ def worker(tmp_path_factory: pytest.TempPathFactory, gguf_path: Path, gguf_diges
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def vision(worker: Server, tmp_path_factory: pytest.TempPathFactory, gguf_digest: str) -> Iterator[Path]:
+    """The test model with a tiny projector, as smolvision:latest (tests/support/vision.py); the
+    projector's file."""
+    projector = create_vision_model(worker.url, gguf_digest, tmp_path_factory.mktemp("projector"))
+    yield projector
+    httpx.request("DELETE", worker.url + "/api/delete", json={"model": VISION_MODEL}, timeout=60)
 
 
 @pytest.fixture

@@ -32,8 +32,10 @@ import ollama
 import pytest
 
 from tests.support import dashboards, engine
+from tests.support.images import png
 from tests.support.load import short_load
 from tests.support.model import MODEL_NAME
+from tests.support.projector import write_projector
 from tests.support.registries import seed_model
 from tests.support.servers import free_port
 
@@ -202,6 +204,23 @@ def test_the_real_clients_through_nginx(stack: Stack):
     with stack.explained():
         short_load(stack.endpoint, MODEL_NAME)
         assert httpx.get(stack.endpoint + "/api/version", timeout=10).json()["version"]
+
+
+def test_an_image_request_through_nginx(stack: Stack, tmp_path: Path, gguf_path: Path):
+    """A model with a projector (tests/support/projector.py) created through the endpoint; an
+    image reaches it through nginx, a router and a worker that fetched the projector layer."""
+    projector = write_projector(tmp_path / "mmproj.gguf")
+    with stack.explained():
+        client = ollama.Client(host=stack.endpoint, timeout=180)
+        files = {"model.gguf": client.create_blob(gguf_path), "mmproj.gguf": client.create_blob(projector)}
+        assert client.create(model="e2e-vision", files=files).status == "success"
+        assert "vision" in (client.show("e2e-vision").capabilities or [])
+        image = png(32, 32, lambda x, y: (8 * x % 256, 8 * y % 256, 128))
+        plain = client.generate(model="e2e-vision", prompt="Describe it.", options={"num_predict": 4, "temperature": 0})
+        seen = client.generate(model="e2e-vision", prompt="Describe it.", images=[image],
+                               options={"num_predict": 4, "temperature": 0})
+        assert seen.done and (seen.prompt_eval_count or 0) >= (plain.prompt_eval_count or 0) + 16, (seen, plain)
+        client.delete("e2e-vision")
 
 
 def test_prometheus_scrapes_every_router_and_worker_replica(stack: Stack):

@@ -34,6 +34,7 @@ from corral.worker.scheduler import Loaded, Scheduler
 from corral.worker.settings import WorkerSettings
 from corral.worker.state import WorkerState
 from corral.worker.tenancy import ClusterTokenMiddleware, UsageReporter
+from corral.worker.vision import Vision
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +69,21 @@ def make_loader(settings: WorkerSettings, inspector: ModelInspector, metrics: Wo
         def build() -> Loaded:
             started = time.perf_counter()
             llama = LlamaModel(record.model_path, options)
+            threads = options.num_thread or settings.num_threads
+            vision = None
             try:
+                if record.projectors:
+                    vision = Vision(record.projectors[0], llama, threads=threads, gpu=gpu and options.num_gpu != 0)
                 engine = Engine(
                     llama,
                     options,
-                    threads=options.num_thread or settings.num_threads,
+                    threads=threads,
                     on_step=_step_observer(metrics, record.name.display),
+                    vision=vision,
                 )
             except Exception:
+                if vision is not None:
+                    vision.close()
                 llama.close()
                 raise
             metrics.load_seconds.observe(time.perf_counter() - started)

@@ -27,12 +27,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp as lc
 import numpy as np
 
 from corral.api.errors import CorralError
 from corral.worker.malloc import release_free_memory
+
+if TYPE_CHECKING:
+    from corral.worker.vision import Vision
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ _GGML_LOG_ERROR = 4  # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 cont
 
 
 @lc.llama_log_callback
-def _forward_llama_log(level: int, text: bytes, _user: object) -> None:
+def forward_llama_log(level: int, text: bytes, _user: object) -> None:
     # llama.cpp prints hundreds of lines per load; keep them at debug unless they are errors.
     message = text.decode("utf-8", errors="replace").rstrip()
     if message:
@@ -57,7 +61,7 @@ def _init_backend() -> None:
     global _backend_ready
     with _backend_lock:
         if not _backend_ready:
-            lc.llama_log_set(_forward_llama_log, None)
+            lc.llama_log_set(forward_llama_log, None)
             lc.llama_backend_init()
             _backend_ready = True
 
@@ -66,7 +70,11 @@ class EngineError(CorralError, RuntimeError):
     """llama.cpp refused to load or decode."""
 
 
-class GrammarError(EngineError):
+class InputError(EngineError):
+    """The job itself cannot run (a 400, not a 500)."""
+
+
+class GrammarError(InputError):
     """llama.cpp could not compile a request's grammar: the request's fault, not the engine's."""
 
 
@@ -143,9 +151,16 @@ class GenerateJob:
     # all jobs sharing the same hook, which saves a thread wake-up and a GIL handoff per token.
     post: Callable[[Callable[[], None]], object] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # Images (corral.worker.vision.Media) by the prompt index where each one's run of
+    # placeholder ids starts; the engine closes them when the job ends.
+    media: dict[int, Any] = field(default_factory=dict)
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def close_media(self) -> None:
+        for media in self.media.values():
+            media.close()
 
 
 @dataclass
@@ -278,6 +293,8 @@ class _Slot:
         self.job: GenerateJob | None = None
         self.cached: list[int] = []  # tokens in the KV cache, kept after a job for prefix reuse
         self.pending: list[int] = []  # prompt tokens not yet decoded
+        self.at = 0  # the prompt index of pending[0] (where the job's media are keyed)
+        self.images = False  # its cells hold an image: no context shift
         self.sampler = None
         self.n_past = 0
         self.last: int | None = None
@@ -298,9 +315,16 @@ StepHook = Callable[[float, "float | None"], None]
 
 class Engine:
     def __init__(
-        self, model: LlamaModel, options: LoadOptions, *, threads: int, on_step: StepHook | None = None
+        self,
+        model: LlamaModel,
+        options: LoadOptions,
+        *,
+        threads: int,
+        on_step: StepHook | None = None,
+        vision: Vision | None = None,
     ) -> None:
         self.model = model
+        self.vision = vision  # the projector, for a model that takes images
         self.options = options
         self.threads = threads
         self.n_parallel = max(1, options.n_parallel)
@@ -358,6 +382,8 @@ class Engine:
         lc.llama_free(self.ctx)
         if self._embed_ctx:
             lc.llama_free(self._embed_ctx)
+        if self.vision is not None:
+            self.vision.close()
         self.model.close()
         release_free_memory()
 
@@ -404,6 +430,8 @@ class Engine:
         return not stop
 
     def _emit(self, job: GenerateJob, event: Event) -> None:
+        if isinstance(event, (Done, Failed)):
+            job.close_media()  # its last event: nothing decodes its images any more
         self._outbox.append((job, event))
 
     def _flush(self) -> None:
@@ -452,19 +480,21 @@ class Engine:
             except Exception as exc:
                 slot.job = None
                 self._free_sampler(slot)
-                self._emit(job, Failed(str(exc), bad_request=isinstance(exc, GrammarError)))
+                self._emit(job, Failed(str(exc), bad_request=isinstance(exc, InputError)))
         return left
 
     def _start(self, slot: _Slot, job: GenerateJob) -> None:
         prompt = self._fit_prompt(job)
         # Reuse the cached prefix (llama-server's cache_prompt), but always decode at least
         # one token to get logits.
-        keep = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
+        keep = self._reusable(slot, job, min(_common_prefix(slot.cached, prompt), len(prompt) - 1))
         if not lc.llama_memory_seq_rm(self.mem, slot.seq, keep, -1):
             keep = 0
             lc.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
         slot.cached = prompt[:keep]
         slot.pending = prompt[keep:]
+        slot.at = keep
+        slot.images = any(t < 0 for t in slot.cached) or bool(job.media)
         slot.fresh = True
         # llama.cpp's CPU kernels round the last prompt token's logits differently when it is
         # decoded alone than inside a chunk (measured: up to 0.8 apart, enough to flip a greedy
@@ -480,7 +510,8 @@ class Engine:
         # not when a grammar is in the chain, since it must only see generated text.
         if job.sampling.grammar is None and job.sampling.repeat_last_n:
             for tok in prompt[-job.sampling.repeat_last_n :]:
-                lc.llama_sampler_accept(slot.sampler, tok)
+                if tok >= 0:  # not an image's placeholder
+                    lc.llama_sampler_accept(slot.sampler, tok)
         slot.last = None
         slot.generated = 0
         slot.prompt_tokens = len(prompt)
@@ -488,12 +519,26 @@ class Engine:
         slot.prompt_done_at = 0.0
         slot.reused = keep
 
+    def _reusable(self, slot: _Slot, job: GenerateJob, keep: int) -> int:
+        """How much of the cached prefix a prompt may keep: never part of an image (it is
+        decoded whole), and with M-RoPE nothing from the first image on (its positions are
+        not its token count)."""
+        if self.vision is not None and self.vision.mrope:
+            images = [i for i, t in enumerate(slot.cached[:keep]) if t < 0]
+            return min([keep, *images[:1]])
+        for start, media in job.media.items():
+            if start < keep < start + media.n_tokens:
+                return start
+        return keep
+
     def _fit_prompt(self, job: GenerateJob) -> list[int]:
         """Ollama's truncation: keep num_keep tokens, then as much of the end as fits."""
         prompt = job.prompt or [lc.llama_vocab_bos(self.model.vocab)]
         room = self.n_ctx - 1
         if len(prompt) <= room:
             return prompt
+        if job.media:  # an image is not cut in half, nor dropped (as llama-server, for Ollama)
+            raise InputError("the input length exceeds the context length")
         keep = min(max(job.num_keep, 0), room // 2)
         return prompt[:keep] + prompt[len(prompt) - (room - keep) :]
 
@@ -552,13 +597,16 @@ class Engine:
     def _done_event(self, slot: _Slot, reason: str, *, last: int | None = None) -> Done:
         now = time.perf_counter()
         prompt_end = slot.prompt_done_at or now
+        tokens = slot.cached + ([last] if last is not None else [])
+        if slot.images:  # images' placeholder ids are no tokens a client could send back
+            tokens = [t for t in tokens if t >= 0]
         return Done(
             reason=reason,
             prompt_tokens=slot.prompt_tokens,
             prompt_seconds=prompt_end - slot.started,
             generated_tokens=slot.generated,
             generate_seconds=now - prompt_end,
-            tokens=slot.cached + ([last] if last is not None else []),
+            tokens=tokens,
             cached=slot.reused,
         )
 
@@ -566,7 +614,7 @@ class Engine:
         """Ollama's context shift: drop half of what follows num_keep to make room."""
         job = slot.job
         assert job is not None
-        if not job.shift:
+        if not job.shift or slot.images:  # an image's cells cannot move (nor half of it go)
             return False
         keep = min(max(job.num_keep, 0), slot.n_past // 2)
         discard = (slot.n_past - keep) // 2
@@ -612,12 +660,18 @@ class Engine:
         # Prompt chunks fill whatever room the generating sequences left in this step.
         budget = self._prompt_budget(generating)
         room = self.n_batch - n
+        image: _Slot | None = None  # a sequence whose prompt goes on with an image: one a step
         for slot in self._slots:
             if slot.job is None or not slot.pending:
                 continue
             if room <= 0:
                 break
-            ready = len(slot.pending) - 1 if slot.last_alone and len(slot.pending) > 1 else len(slot.pending)
+            if slot.at in slot.job.media:
+                image = image or slot
+                continue
+            # Text up to the next image (decoded on its own), or to the end of the prompt.
+            run = min([len(slot.pending), *(start - slot.at for start in slot.job.media if start > slot.at)])
+            ready = len(slot.pending) - 1 if slot.last_alone and run == len(slot.pending) > 1 else run
             # A short prompt not yet begun, or a last token held back to go alone, goes whole.
             whole = (slot.fresh and ready <= WHOLE_PROMPT) or (slot.last_alone and len(slot.pending) == 1)
             take = min(ready if whole else budget, ready, room)
@@ -626,6 +680,7 @@ class Engine:
             slot.fresh = False
             chunk = slot.pending[:take]
             slot.pending = slot.pending[take:]
+            slot.at += take
             budget -= take
             room -= take
             for i, tok in enumerate(chunk):
@@ -636,8 +691,14 @@ class Engine:
                     sample_at.append((slot, n))
                 n += 1
             slot.cached.extend(chunk)
-        if n == 0:
-            return
+        if n:
+            self._decode(n, generating, sample_at)
+        if image is not None:
+            self._decode_image(image)
+
+    def _decode(self, n: int, generating: int, sample_at: list[tuple[_Slot, int]]) -> None:
+        """One llama_decode of the batch's ``n`` tokens, then a token for each of ``sample_at``."""
+        batch = self.batch
         batch.n_tokens = n
         started = time.perf_counter()
         rc = lc.llama_decode(self.ctx, batch)
@@ -653,28 +714,51 @@ class Engine:
             return
         self._time_step(generating, n - generating, elapsed)
         for slot, index in sample_at:
-            job = slot.job
-            if job is None:
-                continue
-            if not slot.prompt_done_at:
-                slot.prompt_done_at = time.perf_counter()
-            # On the CPU. llama.cpp can also run a chain inside the decode graph
-            # (llama_set_sampler); on this 2-core CPU that made a greedy step of 8 SmolLM2
-            # sequences 49 -> 58 ms while saving 0.5 ms here, so it is not used. Untried on a GPU.
-            token = lc.llama_sampler_sample(slot.sampler, self.ctx, index)
-            if self._is_eog(token):
-                self._finish(slot, self._done_event(slot, "stop"))
-                continue
-            slot.generated += 1
-            slot.last = token
-            event = Token(token, self.model.piece(token))
-            if job.top_logprobs >= 0:
-                event.logprob, event.top = self._logprobs(index, token, job.top_logprobs)
-            self._emit(job, event)
-            if 0 <= job.num_predict <= slot.generated:
-                # The last token was sampled but never decoded: not in the KV cache.
-                slot.last = None
-                self._finish(slot, self._done_event(slot, "length", last=token))
+            self._sample(slot, index)
+
+    def _decode_image(self, slot: _Slot) -> None:
+        """The image that comes next in the slot's prompt, whole: the vision encoder, then its
+        embeddings in a decode of their own. Other sequences wait this long, once."""
+        job = slot.job
+        assert job is not None and self.vision is not None
+        media = job.media[slot.at]
+        try:
+            # Text always follows an image (worker/vision.py refuses a prompt ending with one).
+            slot.n_past = self.vision.eval(media, self.ctx, slot.n_past, slot.seq, self.n_batch)
+        except EngineError as exc:
+            self._finish(slot, Failed(str(exc)))
+            return
+        finally:
+            self._last_decode_end = 0.0  # not a step: the next one's host time starts afresh
+        slot.fresh = False
+        slot.cached.extend(slot.pending[: media.n_tokens])
+        slot.pending = slot.pending[media.n_tokens :]
+        slot.at += media.n_tokens
+
+    def _sample(self, slot: _Slot, index: int) -> None:
+        """The next token of the slot's job, from the logits at batch ``index``."""
+        job = slot.job
+        if job is None:
+            return
+        if not slot.prompt_done_at:
+            slot.prompt_done_at = time.perf_counter()
+        # On the CPU. llama.cpp can also run a chain inside the decode graph
+        # (llama_set_sampler); on this 2-core CPU that made a greedy step of 8 SmolLM2
+        # sequences 49 -> 58 ms while saving 0.5 ms here, so it is not used. Untried on a GPU.
+        token = lc.llama_sampler_sample(slot.sampler, self.ctx, index)
+        if self._is_eog(token):
+            self._finish(slot, self._done_event(slot, "stop"))
+            return
+        slot.generated += 1
+        slot.last = token
+        event = Token(token, self.model.piece(token))
+        if job.top_logprobs >= 0:
+            event.logprob, event.top = self._logprobs(index, token, job.top_logprobs)
+        self._emit(job, event)
+        if 0 <= job.num_predict <= slot.generated:
+            # The last token was sampled but never decoded: not in the KV cache.
+            slot.last = None
+            self._finish(slot, self._done_event(slot, "length", last=token))
 
     def _time_step(self, generating: int, prompt: int, elapsed: float) -> None:
         """Learn what a generating step and a prompt token in it cost (exponential averages)."""

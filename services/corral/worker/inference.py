@@ -40,6 +40,7 @@ from corral.worker.prompt import ChatTemplate, Think, looks_like_tool_call, pars
 from corral.worker.scheduler import Lease, Scheduler
 from corral.worker.settings import WorkerSettings
 from corral.worker.textstream import TextStream, ThinkingSplitter
+from corral.worker.vision import IMAGE_TAG, Prompt, tag_images
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -230,6 +231,8 @@ class Inference:
             return
 
         prefix = list(body.get("context") or [])  # ints: checked against the vocabulary once loaded
+        if images and not (raw and IMAGE_TAG.search(prompt)):
+            prompt = tag_images(prompt, 0, len(images))  # Ollama's [img-N] in front of the prompt
         if raw:
             text = prompt
         else:
@@ -252,7 +255,13 @@ class Inference:
             llama = lease.runner.engine.model
             if any(not 0 <= t < llama.n_vocab for t in prefix):
                 raise BadRequestError("context holds a token outside the model's vocabulary")
-            tokens = prefix + await _off_loop(len(text), llama.tokenize, text, add_special=not prefix)
+            if images:
+                encoded = await self._with_images(lease, text, images, add_special=not prefix)
+                tokens = prefix + encoded.tokens
+                media = {len(prefix) + start: m for start, m in encoded.media.items()}
+            else:
+                tokens = prefix + await _off_loop(len(text), llama.tokenize, text, add_special=not prefix)
+                media = {}
             sampling = self._sampling(options, grammar)
             async for chunk in self._run(
                 lease,
@@ -262,6 +271,7 @@ class Inference:
                 options,
                 body,
                 started,
+                media=media,
                 kind="generate",
                 tools=None,
                 raw=raw,
@@ -312,19 +322,19 @@ class Inference:
             yield await self._load_or_unload(model, load, keep_alive, {"message": {"role": "assistant", "content": ""}})
             return
 
-        history = list(model.record.messages or []) + messages
+        history, images = _tagged(list(model.record.messages or []) + messages)
         if model.record.system and (not history or history[0].get("role") != "system"):
             history.insert(0, {"role": "system", "content": model.record.system})
         if body.get("_debug_render_only"):
             text = model.template.render_chat(history, tools=tools, think=think)
-            images = sum(len(m.get("images") or []) for m in messages)
-            yield self._debug_render(name, text, images, {"message": {"role": "", "content": ""}})
+            yield self._debug_render(name, text, len(images), {"message": {"role": "", "content": ""}})
             return
         lease = await self._acquire(model, load, keep_alive)
         try:
-            llama = lease.runner.engine.model
+            engine = lease.runner.engine
+            llama = engine.model
             size = sum(len(m.get("content") or "") for m in history)
-            tokens = await _off_loop(
+            text, tokens = await _off_loop(
                 size,
                 self._fit_chat,
                 llama,
@@ -334,7 +344,13 @@ class Inference:
                 think,
                 limit=load.num_ctx - 1,
                 truncate=body.get("truncate", True) is not False,
+                images=len(images),
+                image_tokens=engine.vision.tokens_per_image if engine.vision is not None else 0,
             )
+            media = {}
+            if images:
+                encoded = await self._with_images(lease, text, images, add_special=True)
+                tokens, media = encoded.tokens, encoded.media
             sampling = self._sampling(options, grammar)
             async for chunk in self._run(
                 lease,
@@ -344,10 +360,11 @@ class Inference:
                 options,
                 body,
                 started,
+                media=media,
                 kind="chat",
                 tools=tools,
                 raw=False,
-                thinking_opened=_opens_thinking(llama.detokenize(tokens[-8:])) if think else None,
+                thinking_opened=_opens_thinking(_text_of(llama, tokens[-8:])) if think else None,
             ):
                 yield chunk
         finally:
@@ -363,32 +380,40 @@ class Inference:
         *,
         limit: int,
         truncate: bool,
-    ) -> list[int]:
+        images: int = 0,
+        image_tokens: int = 0,
+    ) -> tuple[str, list[int]]:
         """Ollama's chat truncation: drop the oldest non-system messages until the prompt fits.
+        Returns the prompt's text and tokens (an image's tag counts as ``image_tokens``, the
+        size of the last image the model took).
 
         System messages and the latest message always stay; fewer messages never render
         longer, so the number to drop is found by bisection.
         """
 
-        def render(drop: int) -> list[int]:
+        def render(drop: int) -> tuple[str, list[int], int]:
             dropped = set(droppable[:drop])
             kept = [m for i, m in enumerate(history) if i not in dropped]
-            return llama.tokenize(template.render_chat(kept, tools=tools, think=think), add_special=True)
+            text = template.render_chat(kept, tools=tools, think=think)
+            tokens = llama.tokenize(text, add_special=True)
+            tagged = sum(1 for tag in IMAGE_TAG.finditer(text) if int(tag.group(1)) < images) if images else 0
+            return text, tokens, len(tokens) + tagged * image_tokens
 
         droppable = [i for i, m in enumerate(history) if m.get("role") != "system"][:-1]
-        tokens = render(0)
-        if len(tokens) <= limit or not truncate or not droppable:
-            return tokens
+        text, tokens, size = render(0)
+        if size <= limit or not truncate or not droppable:
+            return text, tokens
         low, high = 1, len(droppable)
-        best = render(high)
+        text, tokens, _ = render(high)
         while low < high:
             mid = (low + high) // 2
             candidate = render(mid)
-            if len(candidate) <= limit:
-                best, high = candidate, mid
+            if candidate[2] <= limit:
+                text, tokens, _ = candidate
+                high = mid
             else:
                 low = mid + 1
-        return best
+        return text, tokens
 
     @staticmethod
     def _messages(value: Any) -> list[dict[str, Any]]:
@@ -421,6 +446,16 @@ class Inference:
                 Inference._check_images(msg["images"])
             out.append(msg)
         return out
+
+    # -- images ----------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _with_images(lease: Lease, text: str, images: list[bytes], *, add_special: bool) -> Prompt:
+        """The prompt's tokens with its images cut in (decoding images is work: off the loop)."""
+        vision = lease.runner.engine.vision
+        if vision is None:  # a projector the store lists but the load did not take
+            raise CorralError("model has no vision projector loaded")
+        return await asyncio.to_thread(vision.tokenize, text, images, add_special=add_special)
 
     # -- the shared generation loop -------------------------------------------------------------
 
@@ -468,6 +503,7 @@ class Inference:
         tools: list[dict] | None,
         raw: bool,
         thinking_opened: bool | None = None,
+        media: dict[int, Any] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Run one job and yield its chunks. ``thinking_opened`` is None unless the reply's
         reasoning is to be split out (a thinking model, think on); then it tells whether
@@ -485,6 +521,7 @@ class Inference:
             num_keep=int(options.get("num_keep", 4)),
             shift=body.get("shift", True) is not False,
             top_logprobs=int(body.get("top_logprobs") or 0) if body.get("logprobs") else -1,
+            media=media or {},
         )
         stops = options.get("stop") or []
         text = TextStream(stops)
@@ -714,6 +751,23 @@ async def _off_loop(size: int, fn: Callable[..., T], *args: Any, **kwargs: Any) 
 async def _grammar(fmt: Any) -> str | None:
     # A schema's conversion is Python work proportional to the schema: off the loop.
     return await asyncio.to_thread(format_grammar, fmt) if isinstance(fmt, dict) else format_grammar(fmt)
+
+
+def _text_of(llama: Any, tokens: list[int]) -> str:
+    return llama.detokenize([t for t in tokens if t >= 0])  # images' placeholder ids have no text
+
+
+def _tagged(history: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """The messages with Ollama's ``[img-N]`` tags in their text, and every image decoded, in order."""
+    images: list[bytes] = []
+    tagged = []
+    for message in history:
+        decoded = Inference._check_images(message.get("images"))
+        if decoded:
+            message = {**message, "content": tag_images(message.get("content") or "", len(images), len(decoded))}
+            images += decoded
+        tagged.append(message)
+    return tagged, images
 
 
 def _tokenize_all(llama: Any, texts: list[str]) -> list[list[int]]:

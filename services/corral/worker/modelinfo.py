@@ -59,8 +59,10 @@ class ModelInspector:
         return self.describe(record, info)[1]
 
     def memory_estimate(self, record: Any, *, num_ctx: int, n_parallel: int) -> int:
-        """Weights plus an f16 KV cache for every sequence: what loading will take."""
+        """Weights (a projector's included) plus an f16 KV cache for every sequence: what
+        loading will take."""
         weights = record.model_path.stat().st_size if record.model_path else 0
+        weights += sum(path.stat().st_size for path in record.projectors if path.exists())
         info = self.gguf(record)
         if info is None:
             return weights

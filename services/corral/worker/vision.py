@@ -1,0 +1,256 @@
+"""Images for models with a projector: llama.cpp's multimodal library (mtmd) on one loaded model.
+
+A prompt that carries images is rendered as Ollama renders it: each image of a message
+becomes an ``[img-N]`` tag in front of the message's text (or in place of an ``[img]`` the
+text holds), N being the image's index in the request. ``Vision.tokenize`` cuts the rendered
+text at those tags and hands text and decoded images to ``mtmd_tokenize``, which splits them
+into text tokens and one chunk per image (with the projector's own begin/end-of-image tokens).
+
+The engine's prompts stay lists of token ids: an image chunk stands in them as ``n_tokens``
+copies of one negative id derived from the image's bytes. Prefix reuse across chat turns
+then works as for text (the same image at the same place compares equal, another one does
+not), and ``Prompt.media`` says where each image's run starts. The engine decodes an image
+whole, in a ``llama_decode`` of its own (``Vision.eval``: the vision encoder, then its
+embeddings), between the batched steps of the other sequences: they wait for that image's
+prefill and no longer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import re
+import secrets
+import struct
+import threading
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llama_cpp import mtmd_cpp as mtmd
+
+from corral.api.errors import BadRequestError
+from corral.worker.engine import EngineError, LlamaModel, forward_llama_log
+
+logger = logging.getLogger(__name__)
+
+# Ollama's marker for the request's N-th image in a rendered prompt (server/prompt.go).
+IMAGE_TAG = re.compile(r"\[img-(\d+)\]")
+_CHUNK_TEXT = 0  # mtmd_input_chunk_type
+# llama-server's answer to bytes that are no image it can decode (Ollama relays it as a 400).
+BAD_IMAGE = "Failed to load image or audio file"
+_PLACEHOLDER_SPAN = 1 << 30
+# A decoded image is width x height x 3 bytes before the projector shrinks it: a small PNG of
+# one colour can claim 60,000 x 60,000 pixels (10 GB). Headers are read first, and such
+# images refused, before anything is decoded.
+MAX_PIXELS = 40_000_000
+_AUDIO = (b"fLaC", b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2")  # what mtmd takes as audio besides WAV
+
+
+def check_media(data: bytes) -> None:
+    """Refuse what is neither an image format whose size can be read first (PNG, JPEG, GIF,
+    BMP) nor audio, and images over MAX_PIXELS (BadRequestError)."""
+    size = _image_size(data)
+    if size is None:
+        if data.startswith(_AUDIO) or (data[:4] == b"RIFF" and data[8:12] == b"WAVE"):
+            return
+        raise BadRequestError(BAD_IMAGE)
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise BadRequestError(f"image too large: {width}x{height} pixels (at most {MAX_PIXELS:,})")
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    try:
+        if data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return struct.unpack(">II", data[16:24])
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            return struct.unpack("<HH", data[6:10])
+        if data[:2] == b"BM":
+            width, height = struct.unpack("<ii", data[18:26])
+            return abs(width), abs(height)
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+    except struct.error:
+        raise BadRequestError(BAD_IMAGE) from None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """The frame header's size: markers are walked by their lengths up to the first SOFn."""
+    at = 2
+    while at + 9 <= len(data):
+        if data[at] != 0xFF:
+            break
+        marker = data[at + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            at += 1 if marker == 0xFF else 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[at + 5 : at + 9])
+            return width, height
+        at += 2 + struct.unpack(">H", data[at + 2 : at + 4])[0]
+    raise BadRequestError(BAD_IMAGE)
+
+
+def placeholder(image: bytes) -> int:
+    """The negative id an image's run of positions carries in a prompt: equal for equal bytes."""
+    return -1 - int.from_bytes(hashlib.blake2b(image, digest_size=8).digest(), "big") % _PLACEHOLDER_SPAN
+
+
+def tag_images(text: str, first: int, count: int) -> str:
+    """Ollama's tagging of one message's images (numbered from ``first``): each ``[img]`` the
+    text holds takes the next tag; tags for the rest go in front of the text."""
+    prefix = ""
+    for n in range(first, first + count):
+        tag = f"[img-{n}]"
+        if "[img]" in text:
+            text = text.replace("[img]", tag, 1)
+        else:
+            prefix += tag
+    return prefix + text
+
+
+class Media:
+    """One image chunk of a prompt: what the engine decodes at its place. Owns a copy of the
+    mtmd chunk, freed by ``close`` (or when garbage-collected, whichever comes first)."""
+
+    def __init__(self, chunk: Any, n_tokens: int, n_pos: int) -> None:
+        self.chunk = chunk
+        self.n_tokens = n_tokens
+        self.n_pos = n_pos
+        self._free = weakref.finalize(self, mtmd.mtmd_input_chunk_free, chunk)
+
+    def close(self) -> None:
+        self._free()
+
+
+@dataclass
+class Prompt:
+    tokens: list[int]
+    media: dict[int, Media] = field(default_factory=dict)  # start index in ``tokens`` -> image
+
+    def close(self) -> None:
+        for media in self.media.values():
+            media.close()
+
+
+class Vision:
+    """The projector of one loaded model: images into chunks, chunks into its context."""
+
+    def __init__(self, projector: Path, model: LlamaModel, *, threads: int, gpu: bool) -> None:
+        # mtmd and its helpers log on their own hook (hundreds of lines per image otherwise).
+        mtmd.mtmd_log_set(forward_llama_log, None)
+        mtmd.mtmd_helper_log_set(forward_llama_log, None)
+        params = mtmd.mtmd_context_params_default()
+        params.use_gpu = gpu
+        params.n_threads = max(1, threads)
+        params.print_timings = False
+        params.warmup = False  # a load should not pay for an image nobody sent yet
+        # A marker no client can guess: a prompt's own text never splits into media.
+        self._marker = f"<__corral_media_{secrets.token_hex(8)}__>"
+        params.media_marker = self._marker.encode()
+        ctx = mtmd.mtmd_init_from_file(str(projector).encode(), model.ptr, params)
+        if not ctx:
+            raise EngineError(f"unable to load projector: {projector}")
+        self.ctx = ctx
+        self.model = model
+        # M-RoPE models (qwen2-vl and kin) advance positions by less than an image's tokens.
+        self.mrope = bool(mtmd.mtmd_decode_use_mrope(ctx))
+        # Tokenize runs in request threads and decodes images: one at a time per model, which
+        # bounds the memory decoded images take, and close waits for it.
+        self._lock = threading.Lock()
+        self.tokens_per_image = 0  # the last image's size: what a chat's truncation counts one as
+
+    def tokenize(self, text: str, images: list[bytes], *, add_special: bool = True) -> Prompt:
+        """``text`` with ``[img-N]`` tags for ``images[N]``; tags for images not sent stay text.
+        BadRequestError for bytes that are no image."""
+        order: list[int] = []
+
+        def swap(match: re.Match) -> str:
+            n = int(match.group(1))
+            if n >= len(images):
+                return match.group(0)
+            order.append(n)
+            return self._marker
+
+        marked = IMAGE_TAG.sub(swap, text)
+        with self._lock:
+            if not self.ctx:
+                raise EngineError("model is unloading")
+            return self._tokenize(marked, [images[n] for n in order], add_special)
+
+    def _tokenize(self, marked: str, images: list[bytes], add_special: bool) -> Prompt:
+        bitmaps = []
+        chunks = mtmd.mtmd_input_chunks_init()
+        try:
+            for data in images:
+                check_media(data)
+                buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+                loaded = mtmd.mtmd_helper_bitmap_init_from_buf_wrapper(
+                    self.ctx, buf, len(data), False, mtmd.mtmd_helper_init_opt_default()
+                )
+                if loaded.video_ctx:  # a video (check_media lets none through; never run one)
+                    mtmd.mtmd_helper_video_free(loaded.video_ctx)
+                    if loaded.bitmap:
+                        mtmd.mtmd_bitmap_free(loaded.bitmap)
+                    raise BadRequestError(BAD_IMAGE)
+                if not loaded.bitmap:
+                    raise BadRequestError(BAD_IMAGE)
+                bitmaps.append(loaded.bitmap)
+            encoded = marked.encode("utf-8")
+            text = mtmd.mtmd_input_text(encoded, len(encoded), add_special, True)
+            array = (mtmd.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
+            rc = mtmd.mtmd_tokenize(self.ctx, chunks, ctypes.byref(text), array, len(bitmaps))
+            if rc != 0:
+                # 2: the projector cannot take this kind of media (audio for a vision projector).
+                raise BadRequestError(BAD_IMAGE)
+            return self._prompt(chunks, images)
+        finally:
+            for bitmap in bitmaps:
+                mtmd.mtmd_bitmap_free(bitmap)
+            mtmd.mtmd_input_chunks_free(chunks)
+
+    def _prompt(self, chunks: Any, images: list[bytes]) -> Prompt:
+        prompt = Prompt([])
+        image = 0
+        try:
+            for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+                chunk = mtmd.mtmd_input_chunks_get(chunks, i)
+                if mtmd.mtmd_input_chunk_get_type(chunk) == _CHUNK_TEXT:
+                    n = ctypes.c_size_t(0)
+                    tokens = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                    prompt.tokens.extend(tokens[: n.value])
+                    continue
+                n_tokens = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
+                media = Media(mtmd.mtmd_input_chunk_copy(chunk), n_tokens, int(mtmd.mtmd_input_chunk_get_n_pos(chunk)))
+                prompt.media[len(prompt.tokens)] = media
+                prompt.tokens.extend([placeholder(images[image])] * n_tokens)
+                self.tokens_per_image = n_tokens
+                image += 1
+            if prompt.media and max(prompt.media) + prompt.media[max(prompt.media)].n_tokens == len(prompt.tokens):
+                # An image's decode gives no logits: some text must follow the last one.
+                raise BadRequestError("the prompt must not end with an image")
+        except BaseException:
+            prompt.close()
+            raise
+        return prompt
+
+    def eval(self, media: Media, lctx: Any, n_past: int, seq: int, n_batch: int) -> int:
+        """Encode the image and decode its embeddings into sequence ``seq`` at ``n_past``;
+        returns the position after it (no logits: text always follows). Engine thread only."""
+        new_n_past = ctypes.c_int32(n_past)
+        rc = mtmd.mtmd_helper_eval_chunk_single(
+            self.ctx, lctx, media.chunk, n_past, seq, n_batch, False, ctypes.byref(new_n_past)
+        )
+        if rc != 0:
+            raise EngineError(f"failed to evaluate the image ({rc})")
+        return int(new_n_past.value)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.ctx:
+                mtmd.mtmd_free(self.ctx)
+                self.ctx = None
