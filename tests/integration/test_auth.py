@@ -195,6 +195,21 @@ def test_the_anthropic_sdk_sends_its_api_key(cluster: Cluster) -> None:
     assert r.status_code == 401 and r.json()["error"] == {"type": "authentication_error", "message": NO_KEY}
 
 
+def test_transcriptions_take_a_key_and_its_model_list(cluster: Cluster) -> None:
+    """/v1/audio/transcriptions is inference: any valid key, for a model on its list."""
+    key = new_key(cluster, "transcriber", models=[MODEL_NAME])
+    ask = {"file": ("a.wav", b"RIFF\x00\x00\x00\x00WAVE")}
+    r = httpx.post(cluster.endpoint + "/v1/audio/transcriptions", files=ask, data={"model": MODEL_NAME})
+    assert r.status_code == 401 and r.json()["error"]["message"] == NO_KEY
+    client = openai.OpenAI(base_url=cluster.endpoint + "/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as forbidden:
+        client.audio.transcriptions.create(model=OTHER_MODEL, file=ask["file"])
+    assert forbidden.value.body["message"] == f"this API key may not use model '{OTHER_MODEL}'"
+    with pytest.raises(openai.BadRequestError) as refused:  # past the key: the model's own answer
+        client.audio.transcriptions.create(model=MODEL_NAME, file=ask["file"])
+    assert refused.value.body["message"] == f'"{MODEL_NAME}" does not support vision'
+
+
 def test_langchain_ollama_uses_the_key(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     from langchain_ollama import ChatOllama
 

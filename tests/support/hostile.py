@@ -307,7 +307,7 @@ PATHS = ["/api", "/api/", "/api/generate/x", "/v1", "/v1/models/" + quote("../..
          "/api/tags?x=" + "y" * 3000, "/%2e%2e/%2e%2e/", "/api/cluster/workers", "/api/ps", "/api/version",
          "/metrics", "/api/blobs/", "/nope", "//api//tags", "/api/status", "/api/me", "/api/signout",
          "/api/user/keys/" + quote("../../x"), "/api/user/keys/%00", "/api/experimental/web_search",
-         "/api/experimental/web_fetch", "/api/experimental/model-recommendations"]
+         "/api/experimental/web_fetch", "/api/experimental/model-recommendations", "/v1/audio/transcriptions"]
 
 
 @st.composite

@@ -29,8 +29,9 @@ from typing import Any
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from corral.api import anthropic, openai, requests
+from corral.api import anthropic, openai, requests, transcriptions
 from corral.api.errors import ANTHROPIC, BadRequestError, CorralError, error_format
+from corral.api.gojson import Struct
 from corral.api.http import answer_error, decode_json
 from corral.api.streams import ndjson_line
 from corral.cluster import tenants
@@ -45,8 +46,9 @@ _HOP = {name.encode() for name in HOP_HEADERS}
 RAW_SEND = "corral.raw_send"
 
 # Each forwarded path and the Go type its body decodes into: a body Ollama would refuse is
-# answered here, as a worker would answer it, without taking a slot.
-FORWARDED = {
+# answered here, as a worker would answer it, without taking a slot. None: a multipart form
+# (transcriptions), forwarded to the worker as JSON.
+FORWARDED: dict[str, Struct | None] = {
     "/api/generate": requests.GENERATE,
     "/api/chat": requests.CHAT,
     "/api/embed": requests.EMBED,
@@ -56,7 +58,9 @@ FORWARDED = {
     "/v1/embeddings": requests.OPENAI_EMBED,
     "/v1/responses": requests.RESPONSES,
     "/v1/messages": requests.MESSAGES_REQUEST,
+    transcriptions.PATH: None,
 }
+_FORM_IN_THREAD = 1 << 20  # bytes: a larger form is split and re-encoded off the event loop
 
 
 class ForwardEndpoint:
@@ -72,7 +76,13 @@ class ForwardEndpoint:
         watcher = None
         usage: tenants.Usage | None = scope.get(tenants.USAGE_SCOPE)
         try:
-            body = await decode_json(await _read_body(receive), self.shape)
+            raw = await _read_body(receive)
+            if self.shape is not None:
+                body = await decode_json(raw, self.shape)
+            elif len(raw) > _FORM_IN_THREAD:
+                body = await asyncio.to_thread(_transcription, scope, raw)
+            else:
+                body = _transcription(scope, raw)
             if usage is not None:
                 model = body.get("model")
                 tenants.require_model(scope, model)
@@ -98,6 +108,15 @@ class ForwardEndpoint:
         finally:
             if watcher is not None:
                 watcher.cancel()
+
+
+def _transcription(scope: Scope, raw: bytes) -> dict[str, Any]:
+    """A transcription's form as the JSON the worker takes; its 400s here, before a worker is
+    picked (an empty file must not load the model)."""
+    content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"").decode("latin-1")
+    form = transcriptions.parse_form(content_type, raw)
+    transcriptions.chat_request(form)
+    return transcriptions.forwarded(form)
 
 
 def relayed_response(answer: Relayed) -> Response:

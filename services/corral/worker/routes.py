@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from corral.api import OLLAMA_VERSION, anthropic, openai, requests
+from corral.api import OLLAMA_VERSION, anthropic, openai, requests, transcriptions
 from corral.api import responses as openai_responses
 from corral.api.gojson import Struct
 from corral.api.http import (
@@ -206,6 +206,15 @@ async def messages(request: Request, state: StateDep) -> Response:
         return json_response(anthropic.message_object(result, model=model, id=ident))
     stream = anthropic.MessagesStream(model=model, id=ident, input_tokens=anthropic.estimate_input_tokens(native))
     return sse_stream(_translate(await until_disconnect(request, prime(chunks)), stream.feed), stream.error)
+
+
+@router.post(transcriptions.PATH)
+async def audio_transcriptions(request: Request, state: StateDep) -> Response:
+    form = transcriptions.fields(request.headers.get("content-type", ""), await request.body())
+    native = transcriptions.chat_request(form)
+    result = await until_disconnect(request, _collect(state.inference.chat(native), "chat"))
+    content, media_type = transcriptions.response(result, form.get("response_format") or "")
+    return Response(content, media_type=media_type)
 
 
 async def _translate(chunks: AsyncIterator[dict[str, Any]], feed: Any) -> AsyncIterator[bytes]:
