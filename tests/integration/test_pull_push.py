@@ -20,7 +20,9 @@ import pytest
 
 from corral.supervise import ChildError
 from tests.support.registries import MANIFEST_V2, Redirector, RegistryServer, TCPProxy, TokenServer, seed_model
-from tests.support.servers import WorkerProcess, free_port, start_worker
+from tests.support.servers import WorkerProcess, free_port, import_model, start_worker
+from tests.support.vision import MODEL as VISION_MODEL
+from tests.support.vision import PROMPT, RED, b64, create_vision_model
 
 pytestmark = pytest.mark.integration
 
@@ -334,3 +336,31 @@ def test_pushing_a_model_that_is_not_here(puller):
         {"status": "couldn't retrieve manifest"},
         {"error": "model '127.0.0.1:1/team/ghost:v1' not found"},
     ]
+
+
+def test_a_projector_layer_is_pushed_and_pulled_with_its_model(puller, fresh_worker, tmp_path, gguf_path, gguf_digest):
+    """A vision model (tests/support/vision.py) pushed by one worker and pulled by another keeps
+    its projector: the same layers, the vision capability, and the same answer to an image."""
+    import_model(puller.url, gguf_path, gguf_digest, name="smollm2:135m")
+    projector = create_vision_model(puller.url, gguf_digest, tmp_path)
+    with RegistryServer(tmp_path / "down") as down:
+        target = f"{down.host}/team/eyes:v1"
+        try:
+            assert httpx.post(puller.url + "/api/copy", json={"source": VISION_MODEL, "destination": target}).status_code == 200
+            lines = stream_lines(puller.url, "/api/push", {"model": target, "insecure": True})
+            assert lines[-1] == {"status": "success"}, lines
+            projector_digest = "sha256:" + hashlib.sha256(projector.read_bytes()).hexdigest()
+            assert projector_digest in layer_lines(lines, "pushing")
+            lines = stream_lines(fresh_worker.url, "/api/pull", {"model": target, "insecure": True})
+            assert lines[-1] == {"status": "success"}, lines
+            assert projector_digest in layer_lines(lines, "pulling")
+            shown = httpx.post(fresh_worker.url + "/api/show", json={"model": target}).json()
+            assert "vision" in shown["capabilities"] and shown["projector_info"]["general.architecture"] == "clip"
+            ask = {"prompt": PROMPT, "images": [b64(RED)], "stream": False,
+                   "options": {"temperature": 0, "num_predict": 8}}
+            here = httpx.post(puller.url + "/api/generate", json={"model": target, **ask}, timeout=120).json()
+            there = httpx.post(fresh_worker.url + "/api/generate", json={"model": target, **ask}, timeout=120).json()
+            assert (there["response"], there["prompt_eval_count"]) == (here["response"], here["prompt_eval_count"])
+        finally:
+            for name in (target, VISION_MODEL, "smollm2:135m"):
+                delete(puller.url, name)
