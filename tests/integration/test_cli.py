@@ -19,6 +19,8 @@ import pytest
 
 from tests.support.model import MODEL_NAME
 from tests.support.servers import Server, free_port
+from tests.support.vision import MODEL as VISION_MODEL
+from tests.support.vision import PROMPT, RED, b64
 
 pytestmark = pytest.mark.integration
 
@@ -428,3 +430,37 @@ def test_ctrl_c_stops_a_pull_and_run_pulls_a_missing_model_first(worker: Server,
         assert reference in corral(worker.url, "ps").stdout  # and loaded
     finally:
         corral(worker.url, "rm", reference)
+
+
+def test_run_sends_the_images_a_prompt_names(worker: Server, vision: Path, tmp_path: Path) -> None:
+    """As `ollama run` with a vision model: paths of images in the prompt are read, taken out of
+    the text and sent as images; a path to no file stays text; a file of another type is an error."""
+    picture = tmp_path / "red picture.png"
+    picture.write_bytes(RED)
+    short = "smolvision-short:latest"  # answers bounded: `run` has no num_predict flag
+    r = httpx.post(worker.url + "/api/create", json={"model": short, "from": VISION_MODEL, "stream": False,
+                                                     "parameters": {"num_predict": 8, "temperature": 0}}, timeout=120)
+    assert r.status_code == 200, r.text
+    try:
+        ask = {"model": short, "prompt": PROMPT, "images": [b64(RED)], "stream": False}
+        expected = httpx.post(worker.url + "/api/generate", json=ask, timeout=120).json()["prompt_eval_count"]
+        escaped = str(picture).replace(" ", "\\ ")
+        done = corral(worker.url, "run", short, "--verbose", f"{PROMPT} {escaped}")
+        no_traceback(done)
+        assert done.returncode == 0, done.stderr
+        assert f"Added image '{picture}'" in done.stderr
+        # The prompt the model read is the text without the path, plus the image's embeddings.
+        count = re.compile(rf"^prompt eval count: +{expected} token\(s\)$", re.M)
+        assert count.search(done.stderr), (expected, done.stderr)
+        # A path to nothing stays in the prompt, as text.
+        missing = corral(worker.url, "run", short, "--verbose", f"{PROMPT} {tmp_path}/nothing.png")
+        assert missing.returncode == 0 and "Added" not in missing.stderr, missing.stderr
+        assert not count.search(missing.stderr)
+        fake = tmp_path / "notes.png"
+        fake.write_text("not a picture")
+        wrong = corral(worker.url, "run", short, f"{PROMPT} {fake}")
+        assert (wrong.returncode, wrong.stderr) == (
+            1, "Couldn't process file: \"invalid file type: text/plain; charset=utf-8\"\n"
+               "Error: invalid file type: text/plain; charset=utf-8\n")
+    finally:
+        httpx.request("DELETE", worker.url + "/api/delete", json={"model": short}, timeout=60)

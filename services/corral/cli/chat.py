@@ -8,6 +8,7 @@ session goes on) or clears the line being typed; Ctrl-D or ``/bye`` ends the cha
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import sys
@@ -19,6 +20,7 @@ from prompt_toolkit.history import InMemoryHistory
 
 from corral.api.errors import CorralError
 from corral.api.options import parse_parameter
+from corral.cli import media
 from corral.cli.client import Api, CliError
 from corral.cli.models import show_info
 from corral.cli.run import Session, answer, load
@@ -102,18 +104,32 @@ class Chat:
             stripped = line.strip()
             if not stripped:
                 continue
-            if stripped.startswith("/") and not stripped.startswith("//"):
+            if stripped.startswith("/") and not stripped.startswith("//") and not self._names_a_file(stripped):
                 if self.command(stripped) == "bye":
                     return 0
                 continue
             self.send(line)
+
+    def _names_a_file(self, line: str) -> bool:
+        """A line that starts with a media file's path is a prompt, not a command (as in ollama)."""
+        first = line.split()[0]
+        return self.session.multimodal and any(name.startswith(first) for name in media.file_names(line))
 
     def send(self, text: str) -> None:
         session = self.session
         messages = list(session.messages)
         if session.system is not None and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": session.system})
-        messages.append({"role": "user", "content": text})
+        message: dict = {"role": "user", "content": text}
+        if session.multimodal:
+            try:
+                message["content"], files = media.extract(text)
+            except CliError as exc:
+                print(f"Error: {exc}")
+                return
+            if files:
+                message["images"] = [base64.b64encode(f).decode() for f in files]
+        messages.append(message)
         try:
             reply = answer(self.api, session, "/api/chat", session.body(messages=messages))
         except KeyboardInterrupt:
@@ -146,11 +162,13 @@ class Chat:
             else:
                 print(f"Loading model '{rest[0]}'")
                 try:
-                    self.api.json("POST", "/api/show", {"model": rest[0]})
+                    info = self.api.json("POST", "/api/show", {"model": rest[0]})
                 except CliError as exc:
                     print(f"Couldn't find model '{rest[0]}'" if exc.status == 404 else f"Error: {exc}")
                     return ""
                 session.model = rest[0]
+                capabilities = info.get("capabilities") or []
+                session.multimodal = "vision" in capabilities or "audio" in capabilities
                 session.messages = []
                 try:
                     load(self.api, session)

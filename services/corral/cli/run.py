@@ -8,6 +8,7 @@ same display as ``corral pull``.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import shutil
 import sys
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from corral.api.durations import DurationError, parse_go_duration
+from corral.cli import media
 from corral.cli.client import Api, CliError
 from corral.cli.transfer import transfer
 from corral.cli.units import go_duration
@@ -33,6 +35,7 @@ class Session:
     hide_thinking: bool = False
     verbose: bool = False
     word_wrap: bool = True
+    multimodal: bool = False  # the model takes images (or audio): files named in prompts are sent
     messages: list[dict[str, Any]] = field(default_factory=list)
 
     def body(self, **extra: Any) -> dict[str, Any]:
@@ -201,14 +204,19 @@ def run(args: argparse.Namespace) -> int:
         capabilities = info.get("capabilities") or []
         if session.think is None and "thinking" in capabilities:
             session.think = True
+        session.multimodal = "vision" in capabilities or "audio" in capabilities
         if "embedding" in capabilities:
             return embed(api, session, " ".join(prompts))
         if not interactive:
             if not "".join(prompts).strip():
                 load(api, session)  # nothing asked (empty stdin): the model is loaded, nothing printed
                 return 0
+            prompt, files = " ".join(prompts), list[bytes]()
+            if session.multimodal:
+                prompt, files = media.extract(prompt)
+            extra = {"images": [base64.b64encode(f).decode() for f in files]} if files else {}
             try:
-                answer(api, session, "/api/generate", session.body(prompt=" ".join(prompts)))
+                answer(api, session, "/api/generate", session.body(prompt=prompt, **extra))
             except KeyboardInterrupt:
                 return 0  # stopped: the answer ends where it was, as ollama's does
             return 0
