@@ -196,3 +196,9 @@ def test_raw_prompts_place_images_by_their_tags(vision, http):
                                          "images": [b64(RED)], "stream": False})
     assert (r.status_code, r.json()) == (400, {"error": "the prompt must not end with an image"})
 
+
+
+def test_more_images_than_one_request_may_bring_are_refused(vision, http):
+    r = http.post("/api/generate", json={"model": MODEL, "prompt": PROMPT, "images": [b64(RED)] * 33, "stream": False})
+    assert (r.status_code, r.json()) == (400, {"error": "too many images: 33 (at most 32 in one request)"})
+    assert generate(http, PROMPT, [RED] * 32, options={"num_predict": 1})["done"] is True

@@ -4,11 +4,12 @@ decoded pixels would not fit (a tiny compressed file can claim billions)."""
 from __future__ import annotations
 
 import struct
+import zlib
 
 import pytest
 
 from corral.api.errors import BadRequestError
-from corral.worker.vision import BAD_IMAGE, MAX_PIXELS, check_media
+from corral.worker.vision import BAD_IMAGE, MAX_IMAGES, MAX_PIXELS, check_count, check_media, placeholder, tag_images
 from tests.support.images import png, png_claiming
 
 
@@ -41,3 +42,35 @@ def test_unknown_or_truncated_data_is_no_image(data: bytes):
     with pytest.raises(BadRequestError) as raised:
         check_media(data)
     assert str(raised.value) == BAD_IMAGE
+
+
+def test_a_png_whose_pixels_inflate_past_its_size_is_no_image():
+    """A zlib bomb: the header says 1x1, the pixel stream inflates to 50 MB (stb_image would hold it)."""
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(50_000_000), 9))
+    assert len(bomb) < 100_000
+    with pytest.raises(BadRequestError) as raised:
+        check_media(bomb)
+    assert str(raised.value) == BAD_IMAGE
+    check_media(png(300, 200, lambda x, y: (x % 256, y % 256, 7)))  # a real one inflates to its size
+
+
+def test_images_are_tagged_as_ollama_tags_them():
+    assert tag_images("Describe", 0, 2) == "[img-0][img-1]Describe"
+    assert tag_images("a [img] b [img] c", 3, 3) == "[img-5]a [img-3] b [img-4] c"
+    assert tag_images("[img][img][img]", 0, 1) == "[img-0][img][img]"
+    assert tag_images("x" * 1_000_000 + "[img]" * 1000, 0, 1000).count("[img-") == 1000  # linear, not quadratic
+
+
+def test_placeholders_differ_by_image_and_by_part():
+    a, b = png(4, 4, lambda x, y: (1, 2, 3)), png(4, 4, lambda x, y: (3, 2, 1))
+    assert placeholder(a, 0) == placeholder(a, 0) < 0
+    assert len({placeholder(a, 0), placeholder(a, 1), placeholder(b, 0)}) == 3
+    check_count(MAX_IMAGES)
+    with pytest.raises(BadRequestError) as raised:
+        check_count(MAX_IMAGES + 1)
+    assert str(raised.value) == f"too many images: {MAX_IMAGES + 1} (at most {MAX_IMAGES} in one request)"

@@ -29,7 +29,9 @@ _SYSTEM = (
 _QUESTION = "What exact words are spoken in this audio?"
 _TEXT_FIELDS = ("model", "response_format", "language", "prompt")
 _MAX_PARTS = 64  # a form with more is not one a client of this route sends
-_DISPOSITION = re.compile(r'\b(name|filename)="((?:[^"\\]|\\.)*)"', re.IGNORECASE)
+IN_THREAD_BYTES = 1 << 20  # a larger body is parsed (and its audio re-encoded) off the event loop
+# name="..." or name=token (RFC 7578 allows both; Go's mime parser reads both).
+_DISPOSITION = re.compile(r'(?:^|;)\s*(name|filename)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s"]+))', re.IGNORECASE)
 
 
 def fields(content_type: str, body: bytes) -> dict[str, Any]:
@@ -112,7 +114,7 @@ def parse_form(content_type: str, body: bytes) -> dict[str, Any]:
     if first < 0:
         raise BadRequestError("failed to parse multipart form: multipart: NextPart: EOF")
     form: dict[str, Any] = {"file": None}
-    parts = body[first + len(delimiter) :].split(b"\r\n" + delimiter)
+    parts = body[first + len(delimiter) :].split(b"\r\n" + delimiter, _MAX_PARTS + 1)  # bounded: no 1e6 pieces
     if len(parts) > _MAX_PARTS + 1:
         raise BadRequestError("failed to parse multipart form: multipart: too many parts")
     closed = False
@@ -128,7 +130,7 @@ def parse_form(content_type: str, body: bytes) -> dict[str, Any]:
         name, filename = _disposition(head)
         if name is None:
             continue
-        if filename is not None:
+        if filename:  # as Go: a part whose filename is empty (an empty file input) is a value
             if name == "file" and form["file"] is None:
                 form["file"] = content
         elif name in _TEXT_FIELDS and name not in form:
@@ -143,6 +145,8 @@ def _disposition(head: bytes) -> tuple[str | None, str | None]:
     for line in head.decode("utf-8", errors="replace").split("\r\n"):
         key, _, value = line.partition(":")
         if key.strip().lower() == "content-disposition":
-            params = {k.lower(): v.replace('\\"', '"') for k, v in _DISPOSITION.findall(value)}
-            return params.get("name"), params.get("filename")
+            _, _, params = value.partition(";")
+            found = {k.lower(): quoted.replace('\\"', '"') if quoted else token
+                     for k, quoted, token in _DISPOSITION.findall(";" + params)}  # fmt: skip
+            return found.get("name"), found.get("filename")
     return None, None

@@ -9,6 +9,7 @@ first bytes must say it is one of those types, and it may be 100 MB at most.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import sys
@@ -17,7 +18,12 @@ from typing import TextIO
 
 from corral.cli.client import CliError
 
-_PATHS = re.compile(r"(?:[a-zA-Z]:)?(?:\./|/|\\)[\S\\ ]+?\.(?i:jpg|jpeg|png|webp|wav)\b")
+# ollama's pattern: (?:[a-zA-Z]:)?(?:\./|/|\\)[\S\\ ]+?\.(?i:jpg|jpeg|png|webp|wav)\b, a start then the
+# shortest run (no line breaks or tabs) up to an extension. Go's regexp is linear; Python's
+# would take seconds on a line of many slashes, so ``file_names`` matches it by hand.
+_START = re.compile(r"(?:[a-zA-Z]:)?(?:\./|/|\\)")
+_EXTENSION = re.compile(r"\.(?i:jpg|jpeg|png|webp|wav)\b")
+_BREAK = re.compile(r"[^\S ]")  # whitespace other than a space: no path runs across it
 _ESCAPES = {"\\ ": " ", "\\(": "(", "\\)": ")", "\\[": "[", "\\]": "]", "\\{": "{", "\\}": "}", "\\$": "$",
             "\\&": "&", "\\;": ";", "\\'": "'", "\\\\": "\\", "\\*": "*", "\\?": "?", "\\~": "~"}  # fmt: skip
 _ESCAPED = re.compile("|".join(re.escape(k) for k in _ESCAPES))
@@ -25,8 +31,24 @@ MAX_FILE_BYTES = 100 * 1024 * 1024
 
 
 def file_names(text: str) -> list[str]:
-    """What looks like a media file's path in ``text`` (existing or not)."""
-    return _PATHS.findall(text)
+    """What looks like a media file's path in ``text`` (existing or not), leftmost first."""
+    names: list[str] = []
+    extensions = [(m.start(), m.end()) for m in _EXTENSION.finditer(text)]
+    dots = [dot for dot, _ in extensions]
+    breaks = [m.start() for m in _BREAK.finditer(text)]
+    at = 0
+    while (start := _START.search(text, at)) is not None:
+        k = bisect.bisect_left(dots, start.end() + 1)  # the run holds one character at least
+        if k == len(dots):
+            break  # no extension after this start, nor after any later one
+        dot, end = extensions[k]
+        crossed = bisect.bisect_left(breaks, start.end())
+        if crossed < len(breaks) and breaks[crossed] < dot:
+            at = breaks[crossed] + 1  # every start before that break runs into it
+            continue
+        names.append(text[start.start() : end])
+        at = end
+    return names
 
 
 def extract(text: str, err: TextIO = sys.stderr) -> tuple[str, list[bytes]]:

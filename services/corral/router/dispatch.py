@@ -566,4 +566,5 @@ class _Retry(Exception):
 
 
 def _is_empty(body: dict[str, Any]) -> bool:
-    return not body.get("prompt") and not body.get("messages") and not body.get("input")
+    """Ollama's load/unload request: nothing to run (a transcription's content is its ``file``)."""
+    return not any(body.get(k) for k in ("prompt", "messages", "input", "file"))

@@ -60,7 +60,6 @@ FORWARDED: dict[str, Struct | None] = {
     "/v1/messages": requests.MESSAGES_REQUEST,
     transcriptions.PATH: None,
 }
-_FORM_IN_THREAD = 1 << 20  # bytes: a larger form is split and re-encoded off the event loop
 
 
 class ForwardEndpoint:
@@ -79,7 +78,7 @@ class ForwardEndpoint:
             raw = await _read_body(receive)
             if self.shape is not None:
                 body = await decode_json(raw, self.shape)
-            elif len(raw) > _FORM_IN_THREAD:
+            elif len(raw) > transcriptions.IN_THREAD_BYTES:
                 body = await asyncio.to_thread(_transcription, scope, raw)
             else:
                 body = _transcription(scope, raw)

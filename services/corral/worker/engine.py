@@ -648,7 +648,8 @@ class Engine:
                 self._finish(slot, self._done_event(slot, "cancel"))
                 continue
             if slot.last is not None:
-                if slot.n_past >= self.n_ctx and not self._shift(slot):
+                # Cells, not positions: with M-RoPE an image takes more cells than positions.
+                if max(slot.n_past, len(slot.cached)) >= self.n_ctx and not self._shift(slot):
                     self._finish(slot, self._done_event(slot, "length"))
                     continue
                 _put(batch, n, slot.last, slot.n_past, slot.seq, True)

@@ -334,23 +334,31 @@ class Inference:
             engine = lease.runner.engine
             llama = engine.model
             size = sum(len(m.get("content") or "") for m in history)
-            text, tokens = await _off_loop(
-                size,
-                self._fit_chat,
-                llama,
-                model.template,
-                history,
-                tools,
-                think,
-                limit=load.num_ctx - 1,
-                truncate=body.get("truncate", True) is not False,
-                images=len(images),
-                image_tokens=engine.vision.tokens_per_image if engine.vision is not None else 0,
-            )
-            media = {}
-            if images:
-                encoded = await self._with_images(lease, text, images, add_special=True)
-                tokens, media = encoded.tokens, encoded.media
+            truncate = body.get("truncate", True) is not False
+            media: dict[int, Any] = {}
+            # With images, the fit counts each as the size images had so far; if that was off
+            # (the model's first images), the exact count decides, and the fit is made again once.
+            for attempt in range(2 if images else 1):
+                per_image = engine.vision.tokens_per_image if engine.vision is not None else 0
+                text, tokens = await _off_loop(
+                    size,
+                    self._fit_chat,
+                    llama,
+                    model.template,
+                    history,
+                    tools,
+                    think,
+                    limit=load.num_ctx - 1,
+                    truncate=truncate,
+                    images=len(images),
+                    image_tokens=per_image,
+                )
+                if images:
+                    encoded = await self._with_images(lease, text, images, add_special=True)
+                    tokens, media = encoded.tokens, encoded.media
+                    if len(tokens) < load.num_ctx or not truncate or attempt:
+                        break
+                    encoded.close()
             sampling = self._sampling(options, grammar)
             async for chunk in self._run(
                 lease,

@@ -5,6 +5,7 @@ Model management (tags, show, create, pull...) is ``corral.store.routes``, share
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -210,7 +211,12 @@ async def messages(request: Request, state: StateDep) -> Response:
 
 @router.post(transcriptions.PATH)
 async def audio_transcriptions(request: Request, state: StateDep) -> Response:
-    form = transcriptions.fields(request.headers.get("content-type", ""), await request.body())
+    body = await request.body()
+    content_type = request.headers.get("content-type", "")
+    if len(body) > transcriptions.IN_THREAD_BYTES:  # splitting and re-encoding megabytes: off the loop
+        form = await asyncio.to_thread(transcriptions.fields, content_type, body)
+    else:
+        form = transcriptions.fields(content_type, body)
     native = transcriptions.chat_request(form)
     result = await until_disconnect(request, _collect(state.inference.chat(native), "chat"))
     content, media_type = transcriptions.response(result, form.get("response_format") or "")

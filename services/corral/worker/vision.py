@@ -25,6 +25,7 @@ import secrets
 import struct
 import threading
 import weakref
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,15 +38,19 @@ from corral.worker.engine import EngineError, LlamaModel, forward_llama_log
 logger = logging.getLogger(__name__)
 
 # Ollama's marker for the request's N-th image in a rendered prompt (server/prompt.go).
-IMAGE_TAG = re.compile(r"\[img-(\d+)\]")
+IMAGE_TAG = re.compile(r"\[img-(\d{1,9})\]")
 _CHUNK_TEXT = 0  # mtmd_input_chunk_type
 # llama-server's answer to bytes that are no image it can decode (Ollama relays it as a 400).
 BAD_IMAGE = "Failed to load image or audio file"
-_PLACEHOLDER_SPAN = 1 << 30
+_PLACEHOLDER_SPAN = 1 << 62  # wide: finding two images with one id must not be practical
+# Images one request may bring: each is decoded and preprocessed (megabytes of floats) before
+# anything runs, so a body of a thousand tiny images must not add up to gigabytes.
+MAX_IMAGES = 32
 # A decoded image is width x height x 3 bytes before the projector shrinks it: a small PNG of
 # one colour can claim 60,000 x 60,000 pixels (10 GB). Headers are read first, and such
 # images refused, before anything is decoded.
 MAX_PIXELS = 40_000_000
+_PNG = b"\x89PNG\r\n\x1a\n"
 _AUDIO = (b"fLaC", b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2")  # what mtmd takes as audio besides WAV
 
 
@@ -60,11 +65,37 @@ def check_media(data: bytes) -> None:
     width, height = size
     if width * height > MAX_PIXELS:
         raise BadRequestError(f"image too large: {width}x{height} pixels (at most {MAX_PIXELS:,})")
+    if data.startswith(_PNG) and not _png_inflates_within(data, height * (1 + 8 * width) + 7 * height + 1024):
+        raise BadRequestError(BAD_IMAGE)
+
+
+def _png_inflates_within(data: bytes, bound: int) -> bool:
+    """Whether the PNG's pixel stream inflates to at most ``bound`` bytes (its size at 16-bit RGBA,
+    interlaced, with room to spare). A zlib bomb claims a 1x1 image and inflates to gigabytes,
+    all of which stb_image would hold; this counts the output in 1 MiB pieces and keeps none."""
+    inflater = zlib.decompressobj()
+    produced, at = 0, len(_PNG)
+    try:
+        while at + 8 <= len(data):
+            length, kind = struct.unpack(">I4s", data[at : at + 8])
+            if kind == b"IEND":
+                break
+            if kind == b"IDAT":
+                piece = data[at + 8 : at + 8 + length]
+                while piece:
+                    produced += len(inflater.decompress(piece, 1 << 20))
+                    if produced > bound:
+                        return False
+                    piece = inflater.unconsumed_tail
+            at += 12 + length
+    except zlib.error:
+        return False
+    return True
 
 
 def _image_size(data: bytes) -> tuple[int, int] | None:
     try:
-        if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        if data.startswith(_PNG):
             return struct.unpack(">II", data[16:24])
         if data[:6] in (b"GIF87a", b"GIF89a"):
             return struct.unpack("<HH", data[6:10])
@@ -95,22 +126,25 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     raise BadRequestError(BAD_IMAGE)
 
 
-def placeholder(image: bytes) -> int:
-    """The negative id an image's run of positions carries in a prompt: equal for equal bytes."""
-    return -1 - int.from_bytes(hashlib.blake2b(image, digest_size=8).digest(), "big") % _PLACEHOLDER_SPAN
+def placeholder(image: bytes, part: int) -> int:
+    """The negative id the run of positions of an image's ``part``-th chunk carries in a
+    prompt (a sliced image or a long audio makes several): equal for equal bytes."""
+    digest = hashlib.blake2b(image, digest_size=8, salt=part.to_bytes(8, "big")).digest()
+    return -1 - int.from_bytes(digest, "big") % _PLACEHOLDER_SPAN
 
 
 def tag_images(text: str, first: int, count: int) -> str:
     """Ollama's tagging of one message's images (numbered from ``first``): each ``[img]`` the
-    text holds takes the next tag; tags for the rest go in front of the text."""
-    prefix = ""
-    for n in range(first, first + count):
-        tag = f"[img-{n}]"
-        if "[img]" in text:
-            text = text.replace("[img]", tag, 1)
-        else:
-            prefix += tag
-    return prefix + text
+    text holds takes the next tag, in order; tags for the rest go in front of the text."""
+    pieces = text.split("[img]", count)
+    placed = len(pieces) - 1
+    text = "".join(f"{piece}[img-{first + i}]" for i, piece in enumerate(pieces[:-1])) + pieces[-1]
+    return "".join(f"[img-{n}]" for n in range(first + placed, first + count)) + text
+
+
+def check_count(images: int) -> None:
+    if images > MAX_IMAGES:
+        raise BadRequestError(f"too many images: {images} (at most {MAX_IMAGES} in one request)")
 
 
 class Media:
@@ -177,6 +211,7 @@ class Vision:
             return self._marker
 
         marked = IMAGE_TAG.sub(swap, text)
+        check_count(len(order))
         with self._lock:
             if not self.ctx:
                 raise EngineError("model is unloading")
@@ -200,6 +235,8 @@ class Vision:
                 if not loaded.bitmap:
                     raise BadRequestError(BAD_IMAGE)
                 bitmaps.append(loaded.bitmap)
+                # Its chunks carry this id: one image may become several chunks (tiles).
+                mtmd.mtmd_bitmap_set_id(loaded.bitmap, str(len(bitmaps) - 1).encode())
             encoded = marked.encode("utf-8")
             text = mtmd.mtmd_input_text(encoded, len(encoded), add_special, True)
             array = (mtmd.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
@@ -215,7 +252,7 @@ class Vision:
 
     def _prompt(self, chunks: Any, images: list[bytes]) -> Prompt:
         prompt = Prompt([])
-        image = 0
+        parts: dict[int, int] = {}  # image -> its chunks so far
         try:
             for i in range(mtmd.mtmd_input_chunks_size(chunks)):
                 chunk = mtmd.mtmd_input_chunks_get(chunks, i)
@@ -224,12 +261,14 @@ class Vision:
                     tokens = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
                     prompt.tokens.extend(tokens[: n.value])
                     continue
+                image = int(mtmd.mtmd_input_chunk_get_id(chunk))  # the bitmap's id, set above
+                part = parts[image] = parts.get(image, -1) + 1
                 n_tokens = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
                 media = Media(mtmd.mtmd_input_chunk_copy(chunk), n_tokens, int(mtmd.mtmd_input_chunk_get_n_pos(chunk)))
                 prompt.media[len(prompt.tokens)] = media
-                prompt.tokens.extend([placeholder(images[image])] * n_tokens)
-                self.tokens_per_image = n_tokens
-                image += 1
+                prompt.tokens.extend([placeholder(images[image], part)] * n_tokens)
+            if parts:  # what a chat's truncation counts an image as from now on
+                self.tokens_per_image = max(1, sum(m.n_tokens for m in prompt.media.values()) // len(parts))
             if prompt.media and max(prompt.media) + prompt.media[max(prompt.media)].n_tokens == len(prompt.tokens):
                 # An image's decode gives no logits: some text must follow the last one.
                 raise BadRequestError("the prompt must not end with an image")
