@@ -368,6 +368,41 @@ def test_interactive_chat_in_a_terminal(worker: Server, tmp_path: Path) -> None:
         term.close()
 
 
+def test_interactive_chat_sends_the_images_a_line_names(worker: Server, vision: Path, tmp_path: Path) -> None:
+    """In the chat too: a line naming an image (even one starting with its path, which would
+    otherwise be a /command) sends it, and the next turn still carries it."""
+    picture = tmp_path / "red.png"
+    picture.write_bytes(RED)
+    env = {"OLLAMA_HOST": worker.url, "TERM": "xterm-256color", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    term = Tmux(tmp_path, f"{sys.executable} -m corral.cli run {VISION_MODEL} --verbose", env)
+
+    def say(text: str, what: str, timeout: float = 60) -> str:
+        line = ">>> " + text + "\n"
+        before = term.screen().count(line)
+        term.type(text)
+        screen = term.wait_for(lambda s: s.count(line) > before and after(s, line[:-1]) is not None, what, timeout)
+        return after(screen, line[:-1]) or ""
+
+    try:
+        term.wait_for(lambda s: s.strip().startswith(IDLE), "the first prompt")
+        assert say("/set parameter num_predict 4", "num_predict") == "Set parameter 'num_predict' to '4'"
+        counts = []
+        for line in (f"{picture} {PROMPT}", "And now?"):
+            shown = say(line, f"the answer to {line!r}")
+            counts.append(int(re.search(r"prompt eval count: +(\d+) token", shown).group(1)))
+            if line != "And now?":
+                assert f"Added image '{picture}'" in shown, shown
+        text_only = say(PROMPT, "a text-only answer")
+        assert "Added image" not in text_only
+        # The image's 16 embeddings are in both turns' prompts (the second resends the first).
+        assert counts[0] >= 16 and counts[1] > counts[0], counts
+        term.type("/bye")
+        term.wait_for(lambda s: "EXIT=0" in s, "/bye to exit 0")
+        assert "Traceback" not in term.screen()
+    finally:
+        term.close()
+
+
 def test_the_client_needs_no_server_extras(worker: Server) -> None:
     """``pip install corral`` without extras is a working client: no command of it loads
     llama.cpp or the router's libraries."""
