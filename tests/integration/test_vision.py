@@ -159,7 +159,9 @@ def test_a_running_stream_goes_on_while_images_are_read(vision, worker, http):
     started = threading.Event()
 
     def stream() -> None:
-        body = {"model": MODEL, "prompt": "Tell me a long story.", "options": {"temperature": 0, "num_predict": 150}}
+        # Raw, the tiny model goes on with a story for hundreds of tokens (no early end of turn).
+        body = {"model": MODEL, "prompt": "Once upon a time, in a small village by the sea, there lived", "raw": True,
+                "options": {"temperature": 0, "num_predict": 200}}
         with httpx.Client(base_url=worker.url, timeout=120) as client, client.stream("POST", "/api/generate", json=body) as r:
             for line in r.iter_lines():
                 if line:
