@@ -151,10 +151,9 @@ class Media:
     """One image chunk of a prompt: what the engine decodes at its place. Owns a copy of the
     mtmd chunk, freed by ``close`` (or when garbage-collected, whichever comes first)."""
 
-    def __init__(self, chunk: Any, n_tokens: int, n_pos: int) -> None:
+    def __init__(self, chunk: Any, n_tokens: int) -> None:
         self.chunk = chunk
         self.n_tokens = n_tokens
-        self.n_pos = n_pos
         self._free = weakref.finalize(self, mtmd.mtmd_input_chunk_free, chunk)
 
     def close(self) -> None:
@@ -196,7 +195,9 @@ class Vision:
         # Tokenize runs in request threads and decodes images: one at a time per model, which
         # bounds the memory decoded images take, and close waits for it.
         self._lock = threading.Lock()
-        self.tokens_per_image = 0  # the last image's size: what a chat's truncation counts one as
+        # Embeddings an image made in the last prompt with images (0: none yet): what a chat's
+        # truncation counts an image as.
+        self.tokens_per_image = 0
 
     def tokenize(self, text: str, images: list[bytes], *, add_special: bool = True) -> Prompt:
         """``text`` with ``[img-N]`` tags for ``images[N]``; tags for images not sent stay text.
@@ -264,7 +265,7 @@ class Vision:
                 image = int(mtmd.mtmd_input_chunk_get_id(chunk))  # the bitmap's id, set above
                 part = parts[image] = parts.get(image, -1) + 1
                 n_tokens = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
-                media = Media(mtmd.mtmd_input_chunk_copy(chunk), n_tokens, int(mtmd.mtmd_input_chunk_get_n_pos(chunk)))
+                media = Media(mtmd.mtmd_input_chunk_copy(chunk), n_tokens)
                 prompt.media[len(prompt.tokens)] = media
                 prompt.tokens.extend([placeholder(images[image], part)] * n_tokens)
             if parts:  # what a chat's truncation counts an image as from now on
