@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import hashlib
 import sys
 import tempfile
 import time
@@ -35,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_worker import MODEL_NAME, import_model  # noqa: E402
+from bench_worker import import_model  # noqa: E402
 from corral.store.manifest import file_digest  # noqa: E402
 from harness import (  # noqa: E402
     Deadline,
@@ -53,9 +51,10 @@ from harness import (  # noqa: E402
 )
 from tests.support.images import png  # noqa: E402
 from tests.support.model import TEST_MODEL  # noqa: E402
-from tests.support.projector import IMAGE_TOKENS, write_projector  # noqa: E402
+from tests.support.projector import IMAGE_TOKENS  # noqa: E402
+from tests.support.vision import MODEL as VISION_MODEL  # noqa: E402
+from tests.support.vision import b64, create_vision_model  # noqa: E402
 
-VISION_MODEL = "bench-vision:latest"
 STREAMS = 3
 STREAM_TOKENS = 160
 ASK = "Compare these pictures."
@@ -68,22 +67,6 @@ def fresh_images(n: int = 3) -> list[bytes]:
     _drawn += 1
     return [png(64, 64, lambda x, y, k=k, d=_drawn: ((x * (k + 3) + d) % 256, (y * (k + 5) + 7 * d) % 256, 40 * k))
             for k in range(n)]
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def create_vision(url: str, gguf_digest: str, directory: Path) -> None:
-    import httpx
-
-    projector = write_projector(directory / "mmproj.gguf")
-    digest = "sha256:" + hashlib.sha256(projector.read_bytes()).hexdigest()
-    with httpx.Client(base_url=url, timeout=120) as client:
-        client.post(f"/api/blobs/{digest}", content=projector.read_bytes()).raise_for_status()
-        r = client.post("/api/create", json={"model": VISION_MODEL, "stream": False,
-                                             "files": {"model.gguf": gguf_digest, "mmproj.gguf": digest}})
-        r.raise_for_status()
 
 
 async def stream(client, arrivals: list[float], started: asyncio.Event) -> None:
@@ -100,7 +83,7 @@ async def image_request(client, images: list[bytes]) -> tuple[float, float, dict
     """(sent at, first token at, final chunk)."""
     import json
 
-    body = {"model": VISION_MODEL, "prompt": ASK, "images": [_b64(i) for i in images], "keep_alive": -1,
+    body = {"model": VISION_MODEL, "prompt": ASK, "images": [b64(i) for i in images], "keep_alive": -1,
             "options": {"temperature": 0, "num_predict": 8}}
     sent = time.perf_counter()
     first = 0.0
@@ -142,7 +125,7 @@ async def alone(url: str, images: list[bytes], nonce: int) -> tuple[float, int]:
 
     async with httpx.AsyncClient(base_url=url, timeout=300) as client:
         r = await client.post("/api/generate", json={"model": VISION_MODEL, "prompt": f"{nonce}. {ASK}", "stream": False,
-                                                     "images": [_b64(i) for i in images],
+                                                     "images": [b64(i) for i in images],
                                                      "options": {"temperature": 0, "num_predict": 1}})
         r.raise_for_status()
         final = r.json()
@@ -213,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         worker.wait_ready(deadline)
         digest = file_digest(args.model)
         import_model(worker.url, args.model, digest)
-        create_vision(worker.url, digest, Path(tmp))
+        create_vision_model(worker.url, digest, Path(tmp))
         asyncio.run(alone(worker.url, fresh_images(), 0))  # load, and the first image's one-off costs
         for repeat in range(args.repeats):
             plain_s, plain_tokens = asyncio.run(alone(worker.url, [], 1000 + repeat))

@@ -300,6 +300,14 @@ class Tmux:
             assert time.monotonic() < deadline, f"waited {timeout}s for {what}; the screen:\n{screen}"
             time.sleep(0.2)
 
+    def say(self, text: str, what: str, timeout: float = 60) -> str:
+        """Type a chat line; what the chat printed for it once it waits for the next one."""
+        line = ">>> " + text + "\n"
+        before = self.screen().count(line)
+        self.type(text)
+        screen = self.wait_for(lambda s: s.count(line) > before and after(s, line[:-1]) is not None, what, timeout)
+        return after(screen, line[:-1]) or ""
+
     def close(self) -> None:
         subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=30)
 
@@ -323,20 +331,13 @@ def test_interactive_chat_in_a_terminal(worker: Server, tmp_path: Path) -> None:
     env = {"OLLAMA_HOST": worker.url, "TERM": "xterm-256color", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     term = Tmux(tmp_path, f"{sys.executable} -m corral.cli run {MODEL_NAME}", env)
 
-    def say(text: str, what: str, timeout: float = 60) -> str:
-        line = ">>> " + text + "\n"
-        before = term.screen().count(line)
-        term.type(text)
-        screen = term.wait_for(lambda s: s.count(line) > before and after(s, line[:-1]) is not None, what, timeout)
-        return after(screen, line[:-1]) or ""
-
     try:
         term.wait_for(lambda s: s.strip().startswith(IDLE), "the first prompt")
-        assert say("/set parameter temperature 0", "the parameter") == "Set parameter 'temperature' to '0'"
-        assert say("/set parameter num_predict 12", "num_predict") == "Set parameter 'num_predict' to '12'"
-        first = say("Name a colour.", "the first answer")
-        assert say("/clear", "/clear") == "Cleared session context"
-        second = say("Name a colour.", "the second answer")
+        assert term.say("/set parameter temperature 0", "the parameter") == "Set parameter 'temperature' to '0'"
+        assert term.say("/set parameter num_predict 12", "num_predict") == "Set parameter 'num_predict' to '12'"
+        first = term.say("Name a colour.", "the first answer")
+        assert term.say("/clear", "/clear") == "Cleared session context"
+        second = term.say("Name a colour.", "the second answer")
         assert first and first == second  # temperature 0, the same conversation: the same words
 
         term.type('"""Say the word')
@@ -348,7 +349,7 @@ def test_interactive_chat_in_a_terminal(worker: Server, tmp_path: Path) -> None:
         assert re.search(r'>>> """Say the word\n+\.\.\. yes\."""\n', term.screen()), term.screen()
         assert after(term.screen(), '... yes."""'), "answered"
 
-        assert say("/set parameter num_predict 4000", "num_predict 4000") == "Set parameter 'num_predict' to '4000'"
+        assert term.say("/set parameter num_predict 4000", "num_predict 4000") == "Set parameter 'num_predict' to '4000'"
         story = "Tell me a very long story about a cat."
         term.type(story)
         term.wait_for(lambda s: len(s.rpartition(story)[2].strip()) > 40, "the story to start")
@@ -359,7 +360,7 @@ def test_interactive_chat_in_a_terminal(worker: Server, tmp_path: Path) -> None:
         term.keys("C-c")
         term.wait_for(lambda s: after(s, ">>> " + story) is not None, "Ctrl-C to stop the answer", timeout=15)
 
-        shown = say("/show parameters", "/show parameters")
+        shown = term.say("/show parameters", "/show parameters")
         assert "User defined parameters:" in shown and re.search(r"temperature +0\b", shown), shown
         term.type("/bye")
         term.wait_for(lambda s: "EXIT=0" in s, "/bye to exit 0")
@@ -376,23 +377,16 @@ def test_interactive_chat_sends_the_images_a_line_names(worker: Server, vision: 
     env = {"OLLAMA_HOST": worker.url, "TERM": "xterm-256color", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     term = Tmux(tmp_path, f"{sys.executable} -m corral.cli run {VISION_MODEL} --verbose", env)
 
-    def say(text: str, what: str, timeout: float = 60) -> str:
-        line = ">>> " + text + "\n"
-        before = term.screen().count(line)
-        term.type(text)
-        screen = term.wait_for(lambda s: s.count(line) > before and after(s, line[:-1]) is not None, what, timeout)
-        return after(screen, line[:-1]) or ""
-
     try:
         term.wait_for(lambda s: s.strip().startswith(IDLE), "the first prompt")
-        assert say("/set parameter num_predict 4", "num_predict") == "Set parameter 'num_predict' to '4'"
+        assert term.say("/set parameter num_predict 4", "num_predict") == "Set parameter 'num_predict' to '4'"
         counts = []
         for line in (f"{picture} {PROMPT}", "And now?"):
-            shown = say(line, f"the answer to {line!r}")
+            shown = term.say(line, f"the answer to {line!r}")
             counts.append(int(re.search(r"prompt eval count: +(\d+) token", shown).group(1)))
             if line != "And now?":
                 assert f"Added image '{picture}'" in shown, shown
-        text_only = say(PROMPT, "a text-only answer")
+        text_only = term.say(PROMPT, "a text-only answer")
         assert "Added image" not in text_only
         # The image's 16 embeddings are in both turns' prompts (the second resends the first).
         assert counts[0] >= 16 and counts[1] > counts[0], counts
