@@ -96,7 +96,11 @@ def test_dockerfile_contract(dockerfile: Path):
     instructions = [line for line in re.sub(r"\\\n", " ", text).splitlines() if line and not line.startswith("#")]
     froms = [line for line in instructions if line.startswith("FROM ")]
     assert len(froms) >= 2, "multi-stage: a build stage and a final stage"
-    assert all(re.match(r"FROM \$\{[A-Z_]+\}", line) for line in froms), f"bases come from build args: {froms}"
+    stages: set[str] = set()
+    for line in froms:  # a base is a build arg, or a stage above
+        base = line.split()[1]
+        assert re.fullmatch(r"\$\{[A-Z_]+\}", base) or base in stages, f"bases come from build args: {froms}"
+        stages.update(re.findall(r" AS (\S+)$", line))
     last_stage = text[text.rindex("\nFROM "):]
     assert "USER 10001:10001" in last_stage
     assert re.search(r"^HEALTHCHECK .*CMD \[", last_stage, re.M | re.S), "a health check, exec form"
