@@ -49,6 +49,7 @@ def nginx_conf(
     conf = conf.replace("@@LISTEN@@", listen).replace(
         "@@PROXY_CONF@@", str(proxy_conf or NGINX_DIR / "corral-proxy.conf")
     )
+    conf = conf.replace("@@DIRECT_CONF@@", str(NGINX_DIR / "corral-direct.conf"))
     conf = conf.replace("@@ERROR_LOG@@", str(error_log))
     return conf.replace("@@MAX_BODY@@", str(max_body))
 

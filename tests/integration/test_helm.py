@@ -291,8 +291,10 @@ def test_api_keys_keep_workers_behind_the_routers() -> None:
     with pytest.raises(Exception, match="auth/adminKey"):  # the values schema: 16+ printable characters
         render({"auth": {"enabled": True, "adminKey": "short"}})
     objects, _ = render()  # off by default: nothing of it
-    assert not find(objects, "NetworkPolicy") and "CORRAL_AUTH" not in env_of(
-        _container(one(objects, "Deployment", f"{FULL}-router"), "router"))
+    router = env_of(_container(one(objects, "Deployment", f"{FULL}-router"), "router"))
+    assert not find(objects, "NetworkPolicy") and "CORRAL_AUTH" not in router
+    # No Corral nginx in front of the routers here: nothing may ask them to hand answers to one.
+    assert router["CORRAL_DIRECT_STREAMING"]["value"] == "false"
 
 
 def test_router_probes_mean_what_operators_expect() -> None:

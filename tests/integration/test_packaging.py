@@ -45,7 +45,7 @@ def test_corral_up_runs_from_an_installed_wheel(tmp_path: Path, gguf_path: Path,
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-        assert {"corral/nginx/corral-up.conf", "corral/nginx/corral-proxy.conf"} <= names
+        assert {"corral/nginx/corral-up.conf", "corral/nginx/corral-proxy.conf", "corral/nginx/corral-direct.conf"} <= names
         archive.extractall(site)
     # The unpacked wheel comes first on the path, ahead of the checkout's editable install.
     env = {"PYTHONPATH": str(site)}

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections.abc import Awaitable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import httpx
 from redis.exceptions import RedisError
@@ -42,6 +44,7 @@ from corral.cluster.workers import (
     live_workers,
     now_ms,
 )
+from corral.router.direct import Inbox
 from corral.router.metrics import RouterMetrics
 from corral.router.offline import OfflineLeases
 from corral.router.placement import ModelSize, affinity_key, could_hold, expires_at, plan_load, too_big
@@ -55,6 +58,7 @@ from corral.store.oci import RegistryStore
 logger = logging.getLogger(__name__)
 
 WORKERS_CACHE_S = 0.5
+SEEN_FRESH_S = 5.0  # the reaper reads the workers every second
 # A model's size by name is kept this long, and dropped at once when a model changes through any
 # router (the generation check); what changes behind Corral's back is seen within this time.
 SIZE_BY_NAME_S = 2.0
@@ -103,6 +107,27 @@ class Forwarded:
     keep_alive: float | None
 
 
+@dataclass
+class Placed:
+    """A slot on a worker for a request nginx sends there itself, and what the worker must be told."""
+
+    worker: WorkerInfo
+    model: str
+    keep_alive: float | None
+    headers: list[tuple[str, str]]
+
+
+class _Target(NamedTuple):
+    model: str
+    size: ModelSize
+    keep_alive: float | None
+    headers: list[tuple[str, str]]
+    affinity: str
+
+
+_T = TypeVar("_T")
+
+
 class ClusterUnavailableError(CorralError):
     status = 503
 
@@ -127,6 +152,8 @@ class Dispatcher:
         self.store = store
         self.http = http
         self._workers: tuple[float, list[WorkerInfo]] = (0.0, [])
+        self._seen: tuple[float, set[str]] = (-math.inf, set())
+        self.inbox: Inbox | None = None  # direct streaming's reports (router/direct.py), when on
         self._reading_workers: asyncio.Future | None = None
         # The last known cluster, and the slots given out from it while Redis is away.
         self.offline = OfflineLeases()
@@ -146,6 +173,15 @@ class Dispatcher:
         except RedisError as exc:
             self.offline.redis_failed(exc)
             return self._last_known_workers()
+
+    def seen_workers(self, workers: list[WorkerInfo]) -> None:
+        """The reaper's read of the live workers (every second)."""
+        self._seen = (time.monotonic(), {w.id for w in workers})
+
+    def live_worker_ids(self) -> set[str] | None:
+        """The workers alive at the reaper's last read; None when that read is old (Redis away)."""
+        at, ids = self._seen
+        return ids if time.monotonic() - at < SEEN_FRESH_S and not self.offline.active else None
 
     def _last_known_workers(self) -> list[WorkerInfo]:
         workers = self.offline.workers()
@@ -224,12 +260,34 @@ class Dispatcher:
     # -- one request
 
     async def forward(
-        self, client: Downstream, path: str, body: dict[str, Any], usage: Usage | None = None
+        self,
+        client: Downstream,
+        path: str,
+        body: dict[str, Any],
+        usage: Usage | None = None,
+        exclude: AbstractSet[str] = frozenset(),
     ) -> Forwarded | Relayed:
         """``usage``: the API key it came with (CORRAL_AUTH=keys): admitted with its first slot
-        if it was not yet, and told to the worker for its tokens."""
+        if it was not yet, and told to the worker for its tokens. ``exclude``: workers not to
+        try (one that already failed this request)."""
+        return await self._counted(self._forward(client, path, body, usage, set(exclude)))
+
+    async def place(
+        self,
+        client: Downstream,
+        path: str,
+        body: dict[str, Any],
+        usage: Usage | None = None,
+        exclude: AbstractSet[str] = frozenset(),
+    ) -> Placed | Relayed:
+        """A slot for a request that nginx sends to the worker itself (direct streaming): the
+        same placement as ``forward``, without the call. Failing over is then nginx's (it comes
+        back with ``exclude``)."""
+        return await self._counted(self._place(client, path, body, usage, set(exclude)))
+
+    async def _counted(self, call: Awaitable[_T]) -> _T:
         try:
-            return await self._forward(client, path, body, usage)
+            return await call
         except RedisError as exc:
             self.metrics.rejections.labels("redis").inc()
             raise ClusterUnavailableError(f"cluster state unavailable: {exc}") from exc
@@ -240,9 +298,9 @@ class Dispatcher:
             self.metrics.rejections.labels("redis" if self.offline.active else "no_workers").inc()
             raise
 
-    async def _forward(
-        self, client: Downstream, path: str, body: dict[str, Any], usage: Usage | None
-    ) -> Forwarded | Relayed:
+    async def _target(self, path: str, body: dict[str, Any], usage: Usage | None) -> _Target | Relayed:
+        """Where a request may go: its model's size and the headers a worker gets with it, or
+        the whole answer when it needs no placement (an unknown model, an unload)."""
         tenant = usage.tenant if usage is not None else None
         model = body.get("model")
         keep_alive = self._keep_alive(body)
@@ -258,14 +316,33 @@ class Dispatcher:
             if usage is not None:
                 await usage.ensure_admitted()
             return await self._unload_everywhere(model, path, body)
-        payload = dumps({**body, "keep_alive": -1} if path.startswith("/api/") else body).encode()
         headers = [
             ("content-type", "application/json"),
             (MODELS_GENERATION_HEADER, str(self._models_generation)),
             *self._cluster_headers(tenant),
         ]
-        affinity = affinity_key(path, body)
-        exclude: set[str] = set()
+        return _Target(model, size, keep_alive, headers, affinity_key(path, body))
+
+    async def _place(
+        self, client: Downstream, path: str, body: dict[str, Any], usage: Usage | None, exclude: set[str]
+    ) -> Placed | Relayed:
+        target = await self._target(path, body, usage)
+        if isinstance(target, Relayed):
+            return target
+        worker = await self.lease(client, target.model, target.size, exclude, target.keep_alive, target.affinity, usage)
+        if client.disconnected:
+            await self.finish(worker, target.model, target.keep_alive)
+            raise RequestCanceledError()
+        return Placed(worker, target.model, target.keep_alive, target.headers)
+
+    async def _forward(
+        self, client: Downstream, path: str, body: dict[str, Any], usage: Usage | None, exclude: set[str]
+    ) -> Forwarded | Relayed:
+        target = await self._target(path, body, usage)
+        if isinstance(target, Relayed):
+            return target
+        model, size, keep_alive, headers, affinity = target
+        payload = dumps({**body, "keep_alive": -1} if path.startswith("/api/") else body).encode()
         last_error = "no worker could serve the request"
         started = time.perf_counter()
         timeout = self.settings.load_timeout_seconds

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from fastapi.responses import Response
@@ -34,8 +35,9 @@ from corral.api.errors import ANTHROPIC, BadRequestError, CorralError, error_for
 from corral.api.gojson import Struct
 from corral.api.http import answer_error, decode_json
 from corral.api.streams import ndjson_line
-from corral.cluster import tenants
-from corral.router.dispatch import HOP_HEADERS, Dispatcher, Downstream, Forwarded, Relayed
+from corral.cluster import direct, tenants
+from corral.router.direct import worker_address
+from corral.router.dispatch import HOP_HEADERS, Dispatcher, Downstream, Forwarded, Placed, Relayed
 from corral.router.upstream import WorkerConnectionError
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 _HOP = {name.encode() for name in HOP_HEADERS}
 # Where the router app (app.py) puts the server's own ``send``, before any middleware wraps it.
 RAW_SEND = "corral.raw_send"
+_DIRECT = direct.DIRECT_HEADER.encode()
+_RETRY = direct.RETRY_HEADER.encode()
 
 # Each forwarded path and the Go type its body decodes into: a body Ollama would refuse is
 # answered here, as a worker would answer it, without taking a slot. None: a multipart form
@@ -87,7 +91,23 @@ class ForwardEndpoint:
                 tenants.require_model(scope, model)
                 usage.model = tenants.display_name(model)
             watcher = asyncio.ensure_future(_watch(receive, client))
-            answer = await dispatcher.forward(client, self.path, body, usage)
+            exclude = await _failed_worker(scope, dispatcher)
+            if self.shape is not None and _direct(scope, dispatcher):
+                arrived = time.perf_counter()
+                placed = await dispatcher.place(client, self.path, body, usage, exclude)
+                address = worker_address(placed.worker) if isinstance(placed, Placed) else None
+                if isinstance(placed, Placed) and address is not None:
+                    if usage is not None:
+                        usage.status = 200
+                    await _redirect(placed, address, dispatcher, usage, send, self.path, time.perf_counter() - arrived)
+                    return
+                if isinstance(placed, Placed):  # nginx reaches workers by IP address only: relayed
+                    await dispatcher.finish(placed.worker, placed.model, placed.keep_alive)
+                    answer: Forwarded | Relayed = await dispatcher.forward(client, self.path, body, usage, exclude)
+                else:
+                    answer = placed
+            else:
+                answer = await dispatcher.forward(client, self.path, body, usage, exclude)
             if isinstance(answer, Relayed):
                 if usage is not None:
                     usage.status = answer.status
@@ -107,6 +127,61 @@ class ForwardEndpoint:
         finally:
             if watcher is not None:
                 watcher.cancel()
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+def _direct(scope: Scope, dispatcher: Dispatcher) -> bool:
+    """nginx offers to stream this answer from the worker (corral-direct.conf), and it can."""
+    inbox = dispatcher.inbox
+    return (
+        inbox is not None
+        and not inbox.full
+        and not dispatcher.offline.active  # reports travel through Redis
+        and _header(scope, _DIRECT) is not None
+    )
+
+
+async def _failed_worker(scope: Scope, dispatcher: Dispatcher) -> set[str]:
+    """nginx sends a direct request back when its worker failed it: not that worker again, and
+    its slot goes back."""
+    value = _header(scope, _RETRY)
+    lease = direct.Lease.parse(value.decode("latin-1")) if value is not None else None
+    if lease is None:
+        return set()
+    if dispatcher.inbox is not None:
+        await dispatcher.inbox.abandon(lease)
+    dispatcher.metrics.retries.inc()
+    return {lease.worker}
+
+
+async def _redirect(
+    placed: Placed,
+    address: str,
+    dispatcher: Dispatcher,
+    usage: tenants.Usage | None,
+    send: Send,
+    route: str,
+    placing_s: float,
+) -> None:
+    """Hand the request to nginx: the worker's address, the lease and the worker's headers."""
+    inbox = dispatcher.inbox
+    assert inbox is not None  # _direct checked
+    lease = inbox.expect(placed.worker, placed.model, placed.keep_alive, usage, route, placing_s)
+    headers = [
+        (b"x-accel-redirect", direct.DIRECT_LOCATION.encode()),
+        (direct.WORKER_HEADER.encode(), address.encode()),
+        (direct.LEASE_HEADER.encode(), lease.header().encode()),
+        *((k.encode(), v.encode()) for k, v in placed.headers if k != "content-type"),
+        (b"content-length", b"0"),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def _transcription(scope: Scope, raw: bytes) -> dict[str, Any]:

@@ -79,6 +79,14 @@ class RouterMetrics:
             registry=r,
         )
 
+        self.direct = Counter(
+            "corral_router_direct_total",
+            "Inference requests nginx streamed from the worker: redirected (handed to nginx), ended (the worker "
+            "reported the end), retried (nginx sent it back: worker unreachable or 502-504), lost (no report)",
+            ["event"],
+            registry=r,
+        )
+
     def start_at_zero(self, routes: list[str]) -> None:
         """Create the series every dashboard plots, at 0: a series whose first scrape already
         holds counts shows no rate until the next one, so a fresh router would look idle."""
@@ -94,6 +102,8 @@ class RouterMetrics:
             self.evictions.labels(reason)
         for kind in ("resident", "loaded", "offline"):
             self.placements.labels(kind)
+        for event in ("redirected", "ended", "retried", "lost"):
+            self.direct.labels(event)
 
     def render(self, cluster: dict[str, Any]) -> bytes:
         """Event metrics (all processes) plus cluster gauges from ``cluster`` (read from Redis now)."""

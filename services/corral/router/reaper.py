@@ -72,6 +72,7 @@ class Reaper:
             await state.drop_worker(worker_id)
             await redis.zrem(WORKERS, worker_id)
         everyone = await live_workers(redis, lapsed_for_at_most_ms=offline.lease_grace_ms())
+        d.seen_workers(everyone)
         by_id = {w.id: w for w in everyone}
         placements = await state.placements(list(by_id))
         offline.record(everyone, placements)

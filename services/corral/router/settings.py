@@ -28,6 +28,9 @@ class RouterSettings(CommonSettings):
     CORRAL_REPLICATE_AFTER: float = Field(
         1.0, ge=0, description="seconds a request waits on a busy model before another replica is loaded"
     )
+    CORRAL_DIRECT_STREAMING: bool = Field(
+        False, description="behind Corral's nginx, nginx streams answers straight from workers (docs/architecture.md)"
+    )
 
     CORRAL_AUTH: Literal["off", "keys"] = Field(
         "off", description="keys: every route but / and /api/version needs an API key (docs/sharing.md)"

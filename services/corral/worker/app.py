@@ -24,6 +24,7 @@ from corral.store.oci import RegistryStore
 from corral.store.pull import Registries
 from corral.store.registry import RegistryClient
 from corral.store.routes import router as models_router
+from corral.worker.direct import DirectLeaseMiddleware, DirectReports
 from corral.worker.engine import Engine, LlamaModel, LoadOptions
 from corral.worker.inference import Inference
 from corral.worker.metrics import WorkerMetrics
@@ -146,6 +147,7 @@ def create_app(settings: WorkerSettings) -> FastAPI:
     SIGTERM; the lifespan owns it and deregisters at the end."""
     metrics = WorkerMetrics()
     registration = Registration(settings) if settings.REDIS_URL else None
+    reports = DirectReports(settings.REDIS_URL) if settings.REDIS_URL else None  # direct streaming (nginx)
     # The device and the memory offered for models, as the cluster is told (detected once).
     device, memory = (
         (registration.info.device, registration.info.memory_total) if registration else device_and_memory(settings)
@@ -186,6 +188,8 @@ def create_app(settings: WorkerSettings) -> FastAPI:
             await scheduler.close()
             if usage is not None:
                 await usage.close()
+            if reports is not None:
+                await reports.close()
 
     app = FastAPI(title="Corral worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.registration = registration
@@ -195,6 +199,8 @@ def create_app(settings: WorkerSettings) -> FastAPI:
     serve_ollama_api(app, settings, metrics)
     if settings.CORRAL_REGISTRY_URL:
         app.add_middleware(ModelsGenerationMiddleware)
+    if reports is not None:  # inside the token check: only a router's requests report
+        app.add_middleware(DirectLeaseMiddleware, reports=reports)
     if settings.cluster_token:
         app.add_middleware(ClusterTokenMiddleware, token=settings.cluster_token)
     return app

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.api.errors import CorralError, ServerBusyError
+from corral.worker.direct import cluster_keep_alive
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class Scheduler:
         if runner._timer:
             runner._timer.cancel()
             runner._timer = None
+        keep_alive = cluster_keep_alive.get() or keep_alive  # a direct request: the router owns keep-alive
         if keep_alive is not None:
             runner.keep_alive = keep_alive
         return Lease(self, runner, load_seconds)
