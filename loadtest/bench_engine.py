@@ -576,14 +576,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=THREADS,
                    help=f"llama.cpp threads, both sides (default {THREADS}; 1 with loadtest/tiny_model.py)")
     p.add_argument("--max-seconds", type=float, default=900, help="give up (exit 3) after this long")
+    p.add_argument("--levels", default=",".join(map(str, LEVELS)), metavar="N,N,...",
+                   help="concurrent streams measured, one first (default 1,2,4,8); both servers get as many "
+                        "sequences as the largest (a GPU run: 1,8,32,64)")
     args = p.parse_args(argv)
     if args.tokens < 2 or args.repeats < 1 or args.threads < 1:
         p.error("--tokens must be >= 2, --repeats and --threads >= 1")
+    try:
+        args.levels = tuple(int(x) for x in args.levels.split(","))
+    except ValueError:
+        p.error("--levels: comma-separated stream counts, e.g. 1,8,32,64")
+    if args.levels[0] != 1 or list(args.levels) != sorted(set(args.levels)) or args.levels[-1] > 256:
+        p.error("--levels must start at 1 and rise, up to 256")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    global LEVELS, N_PARALLEL  # one run's levels: every function below reads them
     args = parse_args(argv)
+    LEVELS, N_PARALLEL = args.levels, max(args.levels)
     exit_on_sigterm()
     if args.llama_server:
         # loadtest/cuda_build.sh leaves its facts beside bin/ (BUILD/build-facts.json).

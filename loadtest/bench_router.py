@@ -366,8 +366,15 @@ def main(argv: list[str] | None = None) -> int:
             ports = {"direct": direct_port, "cluster": nginx.port}
             if args.split:  # each proxy alone in front of the worker, to see who adds what
                 nginx_alone = start(Nginx(tmp, [direct_port], "nginx-alone"), "nginx")
-                proxies.append(nginx_alone)
-                ports |= {"router": router.port, "nginx": nginx_alone.port}
+                # The cluster with CORRAL_DIRECT_STREAMING=true: nginx streams from the worker and
+                # the router only places the request.
+                placing = start(
+                    Router(tmp, "router-direct", redis.redis_url(0), registry.url, {"CORRAL_DIRECT_STREAMING": "true"}),
+                    "router",
+                )
+                nginx_streams = start(Nginx(tmp, [placing.port], "nginx-streams"), "nginx")
+                proxies += [nginx_alone, placing, nginx_streams]
+                ports |= {"router": router.port, "nginx": nginx_alone.port, "streams": nginx_streams.port}
             warm_tokens = 4  # a short warm-up batch per path: connection pools, the worker's slots
             warm_payload = json.dumps(
                 {**body, "options": {**body["options"], "num_predict": warm_tokens}}, separators=(",", ":")

@@ -18,7 +18,7 @@ flags=(-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CUDA=ON "-DCMAKE_CUDA_
        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF)
 start=$(date +%s)
 cmake -S "$src" -B "$build" -G Ninja "${flags[@]}" >"$build.cmake.log" 2>&1 || { tail -30 "$build.cmake.log"; exit 1; }
-cmake --build "$build" --target llama llama-server -j "$(nproc)"
+cmake --build "$build" --target llama mtmd llama-server -j "$(nproc)"  # mtmd: the worker imports it (vision)
 seconds=$(( $(date +%s) - start ))
 nvcc_version=$(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')
 python3 - "$build/build-facts.json" "$seconds" "$nvcc_version" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" "${flags[@]}" <<'PY'

@@ -169,7 +169,11 @@ def _idle_rate(batches: list[Batch], role: str) -> float:
     return median([b.cpu.get(role, 0.0) / b.wall_s for b in direct]) if direct else 0.0
 
 
-SPLIT_PATHS = {"router": "router alone (no nginx)", "nginx": "nginx alone (no router)"}
+SPLIT_PATHS = {
+    "router": "router alone (no nginx)",
+    "nginx": "nginx alone (no router)",
+    "streams": "nginx + router, nginx streaming from the worker (CORRAL_DIRECT_STREAMING=true)",
+}
 
 
 def _split_table(batches: list[Batch]) -> list[str]:
@@ -186,7 +190,9 @@ def _split_table(batches: list[Batch]) -> list[str]:
     ]
     added: dict[str, float] = {}
     idle = {role: _idle_rate(batches, role) for role in ("router", "nginx")}
-    for path, label in (*SPLIT_PATHS.items(), ("cluster", "nginx + router (the cluster)")):
+    per_token: dict[str, dict[str, float]] = {}
+    cluster = ("cluster", "nginx + router (the cluster, routers relaying: the default)")
+    for path, label in (*SPLIT_PATHS.items(), cluster):
         group = [b for b in batches if b.path == path]
         if not group:
             continue
@@ -197,6 +203,7 @@ def _split_table(batches: list[Batch]) -> list[str]:
             role: median([max(b.cpu.get(role, 0.0) - idle[role] * b.wall_s, 0.0) * 1e6 / b.tokens for b in group])
             for role in ("router", "nginx")
         }
+        per_token[path] = cpu
         out.append(
             f"| {label} | {fmt(added[path], 2)} | {fmt(pct(hops, 99) - pct(d_hops, 99), 2)} "
             f"| {fmt(pct(way, 50) - pct(d_path, 50), 2)} | {fmt(pct(way, 99) - pct(d_path, 99), 2)} "
@@ -206,11 +213,19 @@ def _split_table(batches: list[Batch]) -> list[str]:
         "\nCPU per token: the process's CPU time during the path's batches, less its idle rate during the "
         "direct batches, ÷ tokens relayed (median over batches; placing and starting requests included)."
     )
-    if len(added) == 3:
+    if {"router", "nginx", "cluster"} <= set(added):
         out.append(
             f"Per token at p50, router alone + nginx alone = {fmt(added['router'] + added['nginx'], 2)} ms; "
             f"both together add {fmt(added['cluster'], 2)} ms."
         )
+    for path, how in (("streams", "nginx streaming from the worker"), ("cluster", "the routers relaying")):
+        if path in per_token:
+            router_cpu, nginx_cpu = per_token[path]["router"], per_token[path]["nginx"]
+            verdict = "PASS" if router_cpu <= nginx_cpu else "FAIL"
+            out.append(
+                f"\n**Router CPU per token ≤ nginx's**, {how}: router {fmt(router_cpu, 0)} µs, nginx "
+                f"{fmt(nginx_cpu, 0)} µs per token: **{verdict}**."
+            )
     out.append("")
     return out
 

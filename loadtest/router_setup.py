@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -16,9 +17,11 @@ PROMPT = "Once upon a time, in a small village by the sea, there lived"
 SEED = 42
 NUM_CTX = 256  # OLLAMA_CONTEXT_LENGTH: 64 sequences × 256 positions of KV cache (4096 would take ~6 GB)
 
-REDIS_BINARY = "/usr/bin/redis-server"
-REGISTRY_BINARY = "/usr/bin/docker-registry"
-NGINX_BINARY = "/usr/sbin/nginx"
+# Debian's paths; a machine without the packages installed (a lent GPU machine: gpu_run.sh)
+# names where they were unpacked.
+REDIS_BINARY = os.environ.get("CORRAL_BENCH_REDIS", "/usr/bin/redis-server")
+REGISTRY_BINARY = os.environ.get("CORRAL_BENCH_REGISTRY", "/usr/bin/docker-registry")
+NGINX_BINARY = os.environ.get("CORRAL_BENCH_NGINX", "/usr/sbin/nginx")
 WRK_BINARY = "/usr/bin/wrk"
 FAKE_WORKER = ROOT / "loadtest" / "fake_worker.py"
 
