@@ -54,9 +54,10 @@ if [ "${OFFLINE:-}" = 1 ]; then
         # shellcheck disable=SC2086  # the list is words
         "${pip[@]}" download -q --no-deps -d "$house" $cuda_wheels
         "${pip[@]}" download -q --no-deps --no-binary :all: -d "$house" "llama-cpp-python==$llama_version"
-        # llama-cpp-python's build backend, and the worker's own dependencies (Debian 12's Python
-        # is 3.11.2, below which async-timeout is needed).
-        "${pip[@]}" download -q -d "$house" "scikit-build-core[pyproject]>=0.9.2" "async-timeout>=4.0.3"
+        # The build backends (llama-cpp-python's, Corral's) and the worker's dependencies (Debian
+        # 12's Python is 3.11.2, below which async-timeout is needed).
+        "${pip[@]}" download -q -d "$house" "scikit-build-core[pyproject]>=0.9.2" "async-timeout>=4.0.3" \
+            "setuptools>=77" wheel  # Corral's own build backend
         "${pip[@]}" download -q -d "$house" "$repo[worker]"
         rm -f "$house"/corral-* "$house"/llama_cpp_python-*.whl
         touch "$house/.complete"

@@ -150,12 +150,11 @@ def _direct(scope: Scope, dispatcher: Dispatcher) -> bool:
 async def _failed_worker(scope: Scope, dispatcher: Dispatcher) -> set[str]:
     """nginx sends a direct request back when its worker failed it: not that worker again, and
     its slot goes back."""
-    value = _header(scope, _RETRY)
+    value = _header(scope, _RETRY) if dispatcher.inbox is not None else None  # only with direct streaming on
     lease = direct.Lease.parse(value.decode("latin-1")) if value is not None else None
-    if lease is None:
+    if lease is None or dispatcher.inbox is None:
         return set()
-    if dispatcher.inbox is not None:
-        await dispatcher.inbox.abandon(lease)
+    await dispatcher.inbox.abandon(lease)
     dispatcher.metrics.retries.inc()
     return {lease.worker}
 
