@@ -47,7 +47,7 @@ cp -r "$repo/deploy/docker" "$ctx/deploy/docker"
 find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
 
 if [ "${OFFLINE:-}" = 1 ]; then
-    house="$cache/cuda-wheels/$(cat "$repo/pyproject.toml" "$repo/$dockerfile" | sha256sum | cut -c1-16)"
+    house="$cache/cuda-wheels/$(cat "$repo/pyproject.toml" "$repo/$dockerfile" "$0" | sha256sum | cut -c1-16)"
     if [ ! -e "$house/.complete" ]; then
         rm -rf "$cache/cuda-wheels" && mkdir -p "$house"  # one set at a time: it is 0.5 GB
         pip=("${PYTHON:-python3}" -m pip)
