@@ -80,11 +80,11 @@ toolkit_args=()
 for arg in "${args[@]}"; do [ "$arg" = --no-cache ] || toolkit_args+=("$arg"); done
 docker build -q -f "$ctx/$dockerfile" --target toolkit -t "$tag-toolkit" "${toolkit_args[@]}" "$ctx" >/dev/null
 stub=$(mktemp -d)
-cid=$(docker create "$tag-toolkit")
+cid=$(docker create "$tag-toolkit" true)  # never started: only copied from
 docker cp -L "$cid:/usr/local/cuda/lib64/stubs/libcuda.so" "$stub/libcuda.so.1" >/dev/null
 docker rm "$cid" >/dev/null
 chmod -R a+rX "$stub"
-facts=$(docker run --rm -v "$stub:/opt/stub:ro" -e LD_LIBRARY_PATH=/opt/stub --entrypoint python3 "$tag" - <<'PY'
+facts=$(docker run --rm -i -v "$stub:/opt/stub:ro" -e LD_LIBRARY_PATH=/opt/stub --entrypoint python3 "$tag" - <<'PY'
 import glob, os, subprocess
 import llama_cpp
 llama_cpp.llama_backend_init()
