@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 DIRECT_LOCATION = "@corral_worker"
 # nginx -> router: nginx can stream from workers (its value is ignored: the location is fixed).
@@ -35,6 +36,12 @@ _ID = re.compile(r"[0-9a-f]{1,32}")
 _STATUS = re.compile(r"0|[1-5][0-9][0-9]")
 _MS = re.compile(r"-1|[0-9]{1,9}")
 _WORKER_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")  # as CORRAL_WORKER_ID
+
+
+def deliver(pipe: Any, inbox: str, line: str) -> None:
+    """Queue one report into a router's inbox on a Redis pipeline (kept ``INBOX_TTL_S`` unread)."""
+    pipe.rpush(inbox, line)
+    pipe.expire(inbox, INBOX_TTL_S)
 
 
 def inbox_key(router: str) -> str:

@@ -129,8 +129,7 @@ class Inbox:
             return
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.rpush(lease.inbox, line)
-                pipe.expire(lease.inbox, direct.INBOX_TTL_S)
+                direct.deliver(pipe, lease.inbox, line)
                 await pipe.execute()
         except RedisError as exc:  # the holder gives it back when no start comes (START_TIMEOUT_S)
             logger.warning("could not tell %s that request %s failed: %s", lease.inbox, lease.id, exc)

@@ -186,7 +186,7 @@ async def _redirect(
 def _transcription(scope: Scope, raw: bytes) -> dict[str, Any]:
     """A transcription's form as the JSON the worker takes; its 400s here, before a worker is
     picked (an empty file must not load the model)."""
-    content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"").decode("latin-1")
+    content_type = (_header(scope, b"content-type") or b"").decode("latin-1")
     form = transcriptions.parse_form(content_type, raw)
     transcriptions.chat_request(form)
     return transcriptions.forwarded(form)

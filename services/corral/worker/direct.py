@@ -66,8 +66,7 @@ class DirectReports:
                 try:
                     async with self.redis.pipeline(transaction=False) as pipe:
                         for inbox, line in batch:
-                            pipe.rpush(inbox, line)
-                            pipe.expire(inbox, direct.INBOX_TTL_S)
+                            direct.deliver(pipe, inbox, line)
                         await pipe.execute()
                     if self._failing:
                         logger.info("reports reach Redis again")
